@@ -1,0 +1,91 @@
+"""The ``media2dicom`` command line.
+
+Each subcommand lives in a module of :mod:`Media2DICOMLib.commands` that
+provides ``register(subparsers)``; the module adds its parser and sets
+``handler`` to a function that takes the parsed arguments and returns an exit
+code.
+
+Exit codes: 0 success, 1 a library error (bad input, a server that rejected
+or failed), 2 wrong usage, 3 a send that left objects in the outbox,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from Media2DICOMLib import __version__
+from Media2DICOMLib.errors import Media2DICOMError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_SENT = 3
+EXIT_INTERRUPTED = 130
+
+# Command modules, in the order their subcommands are listed by --help.
+COMMAND_MODULES = (
+    "encapsulate",
+    "capture",
+    "network",
+    "servers",
+    "outbox",
+    "query",
+    "mesh",
+)
+
+LOGGER = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="media2dicom",
+        description=(
+            "Turn 3D models, screenshots, cine and video into DICOM objects in the "
+            "source study, and send them to a PACS."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: once for INFO, twice for DEBUG (DEBUG may show patient data)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"Media2DICOMLib.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"Media2DICOMLib.commands.{name}":
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except Media2DICOMError as exc:
+        print(f"media2dicom: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("media2dicom: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``media2dicom`` command line, one module each."""

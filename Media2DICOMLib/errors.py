@@ -1,0 +1,33 @@
+"""Exception family of the library.
+
+Every message names the file, server or attribute involved and says what the
+user can do about it, so front ends print it as it is, without a traceback.
+"""
+
+
+class Media2DICOMError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class SourceStudyError(Media2DICOMError):
+    """The source DICOM files are missing, unreadable or ambiguous."""
+
+
+class STLError(Media2DICOMError):
+    """An STL file is invalid, truncated or not STL at all."""
+
+
+class ImageInputError(Media2DICOMError):
+    """An image, cine or video input cannot be turned into frames."""
+
+
+class ObjectTooLargeError(Media2DICOMError):
+    """A DICOM object would exceed the upload limit."""
+
+
+class NetworkError(Media2DICOMError):
+    """An association or DIMSE exchange with a server failed."""
+
+
+class SettingsError(Media2DICOMError):
+    """The settings file or a value in it is invalid."""
