@@ -1,0 +1,142 @@
+"""``media2dicom mesh``: label maps and Slicer segmentations to STL surfaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from Media2DICOMLib.labelmap import DEFAULT_SMOOTHING_ITERATIONS
+from Media2DICOMLib.progress import TerminalProgress
+
+DEFAULT_OUTPUT = "media2dicom-surfaces"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "mesh",
+        help="mesh a label map or Slicer .seg.nrrd into one STL surface per segment",
+        description=(
+            "Mesh each segment of a label map NRRD or a 3D Slicer .seg.nrrd into a "
+            "closed surface in LPS millimetres and write it as binary STL. Segment "
+            "names and colours come from the .seg.nrrd header; a plain label map "
+            "gives one surface per label value. The output folder also gets "
+            "segments.json with each file's name, label value and colour. With "
+            "--source, the surfaces are also written as Encapsulated STL objects "
+            "in the source study, with those names and colours."
+        ),
+    )
+    parser.add_argument("labelmap", type=Path, help="label map .nrrd or .seg.nrrd")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path(DEFAULT_OUTPUT),
+        help=f"folder for the STL files (default: ./{DEFAULT_OUTPUT})",
+    )
+    parser.add_argument(
+        "--segment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="mesh only this segment, given by name, segment ID or label value; "
+        "repeatable (default: every segment)",
+    )
+    parser.add_argument(
+        "--smoothing-iterations",
+        type=int,
+        default=DEFAULT_SMOOTHING_ITERATIONS,
+        help="smoothing passes over the surface; 0 keeps the voxel steps "
+        f"(default: {DEFAULT_SMOOTHING_ITERATIONS})",
+    )
+    parser.add_argument(
+        "-s",
+        "--source",
+        type=Path,
+        action="append",
+        help="DICOM file or folder of the series the label map was drawn on; "
+        "when given, the surfaces are also encapsulated into its study; repeatable",
+    )
+    parser.add_argument(
+        "--series-uid",
+        help="Series Instance UID of the source series when the source holds several",
+    )
+    parser.add_argument(
+        "--accession-number",
+        help="Accession Number to write in place of the source's",
+    )
+    parser.add_argument(
+        "--dicom-output",
+        type=Path,
+        help="folder for the Encapsulated STL objects (default: OUTPUT/dicom)",
+    )
+    parser.add_argument(
+        "--series-number",
+        type=int,
+        default=901,
+        help="Series Number of the new M3D series (default: 901)",
+    )
+    parser.add_argument(
+        "--series-description",
+        default="3D models",
+        help="Series Description of the new M3D series (default: '3D models')",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from Media2DICOMLib.errors import Media2DICOMError
+    from Media2DICOMLib.labelmap import mesh_labelmap_file
+
+    if args.smoothing_iterations < 0:
+        raise Media2DICOMError(
+            f"--smoothing-iterations is {args.smoothing_iterations}; give 0 or more."
+        )
+    surfaces = mesh_labelmap_file(
+        args.labelmap,
+        args.output,
+        segment_names=args.segment or None,
+        smoothing_iterations=args.smoothing_iterations,
+        progress=TerminalProgress(),
+    )
+    for surface in surfaces:
+        color = (
+            "#{:02X}{:02X}{:02X}".format(*(round(c * 255) for c in surface.color))
+            if surface.color
+            else "-"
+        )
+        print(
+            f"{surface.path}  {surface.name}  label {surface.label_value}  "
+            f"{color}  {surface.triangle_count} triangles"
+        )
+
+    if args.source:
+        _encapsulate(args, surfaces)
+    return 0
+
+
+def _encapsulate(args, surfaces) -> None:
+    from Media2DICOMLib.commands.encapsulate import print_written
+    from Media2DICOMLib.encapsulated_stl import ModelSpec, encapsulate_models
+    from Media2DICOMLib.new_series import SeriesInfo
+    from Media2DICOMLib.source_study import read_source_series
+
+    source = read_source_series(
+        args.source,
+        series_instance_uid=args.series_uid,
+        accession_number=args.accession_number,
+    )
+    specs = [
+        ModelSpec(surface.path, name=surface.name, color=surface.color, space="LPS")
+        for surface in surfaces
+    ]
+    series = SeriesInfo(
+        series_number=args.series_number,
+        series_description=args.series_description,
+    )
+    paths = encapsulate_models(
+        source,
+        specs,
+        args.dicom_output or args.output / "dicom",
+        series=series,
+        progress=TerminalProgress(),
+    )
+    print_written(paths)
