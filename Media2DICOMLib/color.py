@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-# sRGB (D65) to CIE XYZ, from IEC 61966-2-1.
-_SRGB_TO_XYZ_D65 = (
-    (0.4124564, 0.3575761, 0.1804375),
-    (0.2126729, 0.7151522, 0.0721750),
-    (0.0193339, 0.1191920, 0.9503041),
+# Linear sRGB to CIE XYZ relative to D50: the IEC 61966-2-1 sRGB matrix combined
+# with Bradford adaptation from D65 to D50, to seven decimals.
+_SRGB_TO_XYZ_D50 = (
+    (0.4360747, 0.3850649, 0.1430804),
+    (0.2225045, 0.7168786, 0.0606169),
+    (0.0139322, 0.0971045, 0.7141733),
 )
-# Bradford chromatic adaptation from D65 to D50, as ICC profiles use it.
-_BRADFORD_D65_TO_D50 = (
-    (1.0478112, 0.0228866, -0.0501270),
-    (0.0295424, 0.9904844, -0.0170491),
-    (-0.0092345, 0.0150436, 0.7521316),
-)
-# The ICC D50 white point (X, Y, Z).
-_D50_WHITE = (0.9642, 1.0, 0.8249)
+# The D50 white that matrix maps sRGB white to (its row sums), so white and
+# greys get a* = b* = 0 exactly.
+_D50_WHITE = tuple(sum(row) for row in _SRGB_TO_XYZ_D50)
 
 
 def srgb_to_lab(rgb: Sequence[float]) -> Tuple[float, float, float]:
@@ -35,8 +31,7 @@ def srgb_to_lab(rgb: Sequence[float]) -> Tuple[float, float, float]:
                 "components as fractions (divide 0-255 values by 255)."
             )
     linear = [_srgb_to_linear(c) for c in rgb]
-    xyz_d65 = _multiply(_SRGB_TO_XYZ_D65, linear)
-    xyz_d50 = _multiply(_BRADFORD_D65_TO_D50, xyz_d65)
+    xyz_d50 = _multiply(_SRGB_TO_XYZ_D50, linear)
     fx, fy, fz = (_lab_f(value / white) for value, white in zip(xyz_d50, _D50_WHITE))
     return 116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)
 
