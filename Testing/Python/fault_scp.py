@@ -11,6 +11,8 @@ import datetime
 import socket
 import threading
 import time
+
+import pytest
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,9 +21,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.presentation import AllStoragePresentationContexts, build_context
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from Media2DICOMLib.new_series import SeriesInfo, base_dataset, save_dataset
+from Media2DICOMLib.settings import Server
 from Media2DICOMLib.source_study import SourceSeries
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -111,6 +114,26 @@ class TestSCP:
 
     def stop(self) -> None:
         self.server.shutdown()
+
+
+@pytest.fixture
+def scp_factory():
+    """Start TestSCPs with the given options; all stop when the test ends."""
+    started = []
+
+    def start(**options):
+        scp = TestSCP(**options)
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
+
+
+def scp_server(scp: TestSCP, name: str = "test") -> Server:
+    """Return the :class:`Server` entry that points at ``scp``."""
+    return Server(name=name, host="127.0.0.1", port=scp.port, called_aet=scp.aet)
 
 
 class SilentListener:

@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from dicom_checks import assert_dciodvfy_clean
-from fault_scp import SilentListener, TestSCP, write_encapsulated_pdf
+from fault_scp import SilentListener, scp_factory, write_encapsulated_pdf  # noqa: F401
 from Media2DICOMLib.errors import NetworkError
 from Media2DICOMLib.network import Server, Timeouts, echo, send_files, status_message
 from Media2DICOMLib.source_study import read_source_series
@@ -21,20 +21,6 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 SHORT = Timeouts(connect=5, acse=2, dimse=10, network=10)
-
-
-@pytest.fixture
-def scp_factory():
-    started = []
-
-    def start(**options):
-        scp = TestSCP(**options)
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
 
 
 @pytest.fixture
