@@ -791,7 +791,8 @@ class _AsciiParser:
             self._finish_facet(rows)
 
     def _finish_facet(self, rows: List[List[float]]) -> None:
-        finite = np.isfinite(np.array(self.values, dtype=np.float32))
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(np.array(self.values, dtype=np.float32))
         finite[:3] = True  # normals are recomputed instead
         if not finite.all():
             index = self.triangle_count + len(rows)
@@ -893,15 +894,18 @@ def _parse_numbers(
 def _records_from_values(values: np.ndarray) -> np.ndarray:
     """Build triangle records from rows of normal and vertex numbers."""
     records = np.zeros(len(values), TRIANGLE_DTYPE)
-    records["normal"] = values[:, :3]
-    records["vertices"] = values[:, 3:].reshape(-1, 3, 3)
+    # Values beyond the float32 range become infinite, which the callers check.
+    with np.errstate(over="ignore"):
+        records["normal"] = values[:, :3]
+        records["vertices"] = values[:, 3:].reshape(-1, 3, 3)
     return records
 
 
 def _repair_normals(records: np.ndarray) -> int:
     """Recompute the NaN or infinite normals in ``records`` from the vertices.
 
-    A degenerate facet gets a zero normal. Returns the number of repaired normals.
+    A facet whose edge cross product is zero (zero area) gets a zero normal.
+    Returns the number of repaired normals.
     """
     bad = ~np.isfinite(records["normal"]).all(axis=1)
     count = int(np.count_nonzero(bad))
@@ -910,9 +914,8 @@ def _repair_normals(records: np.ndarray) -> int:
     vertices = records["vertices"][bad].astype(np.float64)
     normals = np.cross(vertices[:, 1] - vertices[:, 0], vertices[:, 2] - vertices[:, 0])
     norms = np.linalg.norm(normals, axis=1)
-    usable = np.isfinite(norms) & (norms > 0)
-    normals[usable] /= norms[usable, None]
-    normals[~usable] = 0.0
+    nonzero = norms > 0
+    normals[nonzero] /= norms[nonzero, None]
     records["normal"][bad] = normals
     return count
 
