@@ -23,7 +23,12 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from Media2DICOMLib.new_series import SeriesInfo, base_dataset, save_dataset
+from Media2DICOMLib.new_series import (
+    SeriesInfo,
+    base_dataset,
+    finish_character_set,
+    save_dataset,
+)
 from Media2DICOMLib.settings import Server
 from Media2DICOMLib.source_study import SourceSeries
 
@@ -176,5 +181,6 @@ def write_encapsulated_pdf(source: SourceSeries, path: Path, size: int) -> Path:
         item.ReferencedSOPInstanceUID = instance.sop_instance_uid
         references.append(item)
     dataset.SourceInstanceSequence = DicomSequence(references)
+    finish_character_set(dataset, source)
     save_dataset(dataset, path)
     return path
