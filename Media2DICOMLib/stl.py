@@ -49,8 +49,8 @@ _REWRITTEN_HEADER_PREFIX = b"Media2DICOM output. SPACE=LPS. Source header: "
 _UTF8_BOM = b"\xef\xbb\xbf"
 _HEAD_BYTES = 4096
 
-# Bytes that may occur in an ASCII STL: printable ASCII, UTF-8 in solid names and
-# the whitespace that bytes.split() separates on.
+# Bytes that may occur in an ASCII STL: printable ASCII, bytes 128-255 for
+# non-ASCII solid names, and the whitespace that bytes.split() separates on.
 _CONTROL_SPACES = (b"\t", b"\n", b"\r", b"\x0b", b"\x0c")
 _TEXT_BYTES = bytes(range(32, 256)) + b"".join(_CONTROL_SPACES)
 
@@ -67,6 +67,7 @@ _FILE_SIGNATURES = (
 # ASCII files are parsed in blocks of this size, so memory stays bounded by the
 # triangles read plus about ten times the block (measured with numpy 2.4).
 _ASCII_BLOCK_BYTES = 2 << 20
+# A longer line cannot be STL, so parsing stops instead of buffering it.
 _MAX_ASCII_LINE_BYTES = 64 << 20
 
 # Tokens of one ASCII facet: "#" in the template marks a number, first the three
@@ -146,15 +147,16 @@ class StlModel:
         """Yield the complete binary STL in LPS, in chunks of about ``chunk_bytes``.
 
         The first chunk starts with the header and the triangle count. Binary
-        input is streamed from the file, so memory stays near ``chunk_bytes``.
+        input is streamed from the file, so memory stays within a few times
+        ``chunk_bytes``.
         Normals that are NaN or infinite are recomputed from the vertices.
 
         Raises
         ------
         STLError
             A vertex is NaN or infinite (the message names the triangle index),
-            or the file changed or became shorter since :func:`open_stl`. Chunks
-            yielded before the error belong to an incomplete mesh: discard them.
+            or the file changed since :func:`open_stl`. Chunks yielded before
+            the error belong to an incomplete mesh, so discard them.
         ValueError
             ``chunk_bytes`` is smaller than 1.
         """
@@ -171,9 +173,8 @@ class StlModel:
         This loads the whole mesh, so use it only for tests and small meshes.
         """
         if self._records is not None:
-            return np.concatenate([r["vertices"] for r in self._records]).astype(
-                np.float32
-            )
+            vertices = [records["vertices"] for records in self._records]
+            return np.concatenate(vertices).astype(np.float32)
         return read_stl_triangles(b"".join(self.iter_chunks()))
 
     def write_binary(self, path: PathLike) -> None:
@@ -193,8 +194,9 @@ class StlModel:
         except OSError as error:
             _remove_quietly(temporary)
             raise STLError(
-                f"Cannot write binary STL {target}: {error.strerror or error}. "
-                "Check that the folder exists and is writable."
+                f"Cannot write binary STL {target} from {self.path}: "
+                f"{error.strerror or error}. Check that the folder exists and is "
+                "writable."
             ) from error
         except BaseException:
             _remove_quietly(temporary)
@@ -231,9 +233,10 @@ class StlModel:
 
         with file:
             preamble = file.read(PREAMBLE_BYTES)
-            if len(preamble) < PREAMBLE_BYTES or _triangle_count(preamble) != (
-                self.triangle_count
-            ):
+            count = None
+            if len(preamble) == PREAMBLE_BYTES:
+                count = _triangle_count(preamble)
+            if count != self.triangle_count:
                 raise STLError(
                     f"STL file {self.path} changed since it was opened: its "
                     f"triangle count is no longer {self.triangle_count}. "
@@ -243,13 +246,13 @@ class StlModel:
             done = 0
             first_chunk = True
             while done < self.triangle_count:
-                wanted = min(triangles_per_chunk, self.triangle_count - done)
-                data = file.read(wanted * TRIANGLE_BYTES)
-                if len(data) != wanted * TRIANGLE_BYTES:
-                    missing = done + len(data) // TRIANGLE_BYTES
+                chunk_triangles = min(triangles_per_chunk, self.triangle_count - done)
+                data = file.read(chunk_triangles * TRIANGLE_BYTES)
+                if len(data) != chunk_triangles * TRIANGLE_BYTES:
+                    end_index = done + len(data) // TRIANGLE_BYTES
                     raise STLError(
                         f"STL file {self.path} became shorter while it was read: "
-                        f"it ends at triangle index {missing} of "
+                        f"it ends at triangle index {end_index} of "
                         f"{self.triangle_count}. Do not change the file while "
                         "it is converted, then try again."
                     )
@@ -259,7 +262,7 @@ class StlModel:
                     data = self._preamble() + data
                     first_chunk = False
                 yield data
-                done += wanted
+                done += chunk_triangles
 
             if file.read(1):
                 raise STLError(
@@ -430,7 +433,7 @@ def _choose_space(
         return requested_space or "LPS"
     if requested_space is not None and requested_space != header_space:
         LOGGER.warning(
-            "STL file %s says SPACE=%s in its header: using that instead of the "
+            "STL file %s has SPACE=%s in its header, which overrides the "
             "requested space %s",
             path,
             header_space,
@@ -457,8 +460,8 @@ def _binary_output_header(original: bytes, converted_from_ras: bool) -> bytes:
     """
     if not converted_from_ras and not _starts_with_solid(original):
         return original
-    kept = _SPACE_COMMENT.sub(b"", original).strip(b"\x00 \t\r\n\x0b\x0c")
-    return _make_header(_REWRITTEN_HEADER_PREFIX + kept)
+    original_text = _SPACE_COMMENT.sub(b"", original).strip(b"\x00 \t\r\n\x0b\x0c")
+    return _make_header(_REWRITTEN_HEADER_PREFIX + original_text)
 
 
 def _describe_invalid_file(path: Path, size: int, head: bytes) -> str:
@@ -522,7 +525,8 @@ def _open_ascii(
         file = open(path, "rb")
     except OSError as error:
         raise STLError(
-            f"Cannot read STL file {path}: {error.strerror or error}."
+            f"Cannot read STL file {path}: {error.strerror or error}. "
+            "Check that the file exists and is readable."
         ) from error
 
     with file:
@@ -618,6 +622,7 @@ def _find_block_end(text: bytes) -> int:
     next block starts between facets and never between CR and LF. Without one,
     the cut goes after the last complete line break, or at 0 when there is none.
     """
+    text = text.lower()
     index = text.rfind(b"endfacet")
     while index != -1:
         end = index + len(b"endfacet")
@@ -640,7 +645,7 @@ def _find_block_end(text: bytes) -> int:
 
 
 def _solid_lines(block: bytes) -> Iterator[Tuple[int, int, bytes]]:
-    """Yield (line start, line end, keyword) of the lowercase solid lines."""
+    """Yield (line start, line end, keyword) of the solid lines of a lowered block."""
     index = block.find(b"solid")
     while index != -1:
         start = _line_start(block, index)
@@ -658,10 +663,10 @@ def _solid_lines(block: bytes) -> Iterator[Tuple[int, int, bytes]]:
 class _AsciiParser:
     """Parser of ASCII STL blocks that keeps its state between blocks.
 
-    Each block first goes through a vectorized parser that handles the common
-    layout: lowercase keywords and whole facets. When that fails, a line by line
-    parser reads the same block, accepts the rarer forms (uppercase keywords, a
-    facet across blocks) and raises the error with its line number.
+    Each block first goes through a vectorized parser that handles blocks of
+    whole facets. When that fails, a line by line parser reads the same block.
+    It accepts the rarer cases (a facet that crosses blocks, a number longer
+    than 64 characters) and raises the error with its line number.
     """
 
     def __init__(self, path: Path) -> None:
@@ -710,12 +715,14 @@ class _AsciiParser:
         if block.translate(None, _TEXT_BYTES):
             return None
 
+        # Keywords are case-insensitive. Lowering the block keeps its offsets.
+        lowered = block.lower()
         in_solid = self.in_solid
         first_solid_line = self.first_solid_line
         pieces = []
         position = 0
-        for start, end, keyword in _solid_lines(block):
-            records = _parse_facets_fast(block, position, start)
+        for start, end, keyword in _solid_lines(lowered):
+            records = _parse_facets_fast(lowered, position, start)
             if records is None or (len(records) and not in_solid):
                 return None
             pieces.append(records)
@@ -729,7 +736,7 @@ class _AsciiParser:
                 return None
             position = end
 
-        records = _parse_facets_fast(block, position, len(block))
+        records = _parse_facets_fast(lowered, position, len(lowered))
         if records is None or (len(records) and not in_solid):
             return None
         pieces.append(records)
@@ -775,11 +782,11 @@ class _AsciiParser:
             self.value_lines.append(line_number)
         elif token.lower() != expected:
             if self.step == 0:
-                wanted = "'facet' or 'endsolid'" if self.in_solid else "'solid'"
+                expected_text = "'facet' or 'endsolid'" if self.in_solid else "'solid'"
             else:
-                wanted = f"'{expected.decode()}'"
+                expected_text = f"'{expected.decode()}'"
             raise self._error(
-                line_number, f"expected {wanted}, found {_show_token(token)}"
+                line_number, f"expected {expected_text}, found {_show_token(token)}"
             )
         elif self.step == 0:
             if not self.in_solid:
@@ -872,8 +879,8 @@ def _parse_numbers(
     """Convert the number tokens at ``starts`` to float64, or return None.
 
     The tokens are copied into a fixed-width bytes array and cast to float64.
-    With numpy 2.4 the cast accepts the same tokens as Python's float() and
-    returns the same, correctly rounded values.
+    In tests with numpy 1.26 and 2.4, the cast accepted the same tokens as
+    Python's float() and returned the same, correctly rounded values.
     """
     width = int(lengths.max())
     if width > _MAX_NUMBER_CHARS:
