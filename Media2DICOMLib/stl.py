@@ -879,7 +879,7 @@ def _parse_numbers(
     """Convert the number tokens at ``starts`` to float64, or return None.
 
     The tokens are copied into a fixed-width bytes array and cast to float64.
-    In tests with numpy 1.26 and 2.4, the cast accepted the same tokens as
+    In tests with numpy 1.21, 1.26 and 2.4, the cast accepted the same tokens as
     Python's float() and returned the same, correctly rounded values.
     """
     width = int(lengths.max())

@@ -603,6 +603,27 @@ def test_ascii_line_parser_matches_fast_parser(shared_data, tmp_path, monkeypatc
         np.testing.assert_array_equal(fast_triangles, line_triangles)
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_ascii_common_layouts_take_fast_path(tmp_path, monkeypatch, newline):
+    """Usual ASCII layouts never need the slower line parser."""
+    vertices = random_tetrahedra(30)
+    vertices[::3] = vertices[::3].round()
+    text = ascii_stl(vertices, newline=newline, number="{:.9g}".format)
+    files = [
+        write_file(tmp_path, "lower.stl", text),
+        write_file(tmp_path, "upper.stl", text.upper()),
+        write_file(tmp_path, "exponent.stl", ascii_stl(vertices, newline=newline)),
+    ]
+
+    def fail(*args):
+        raise AssertionError("the line parser was used")
+
+    monkeypatch.setattr(stl_module._AsciiParser, "_parse_block_by_line", fail)
+    monkeypatch.setattr(stl_module, "_ASCII_BLOCK_BYTES", 1000)
+    for path in files:
+        np.testing.assert_allclose(open_stl(path).triangles(), vertices, rtol=1e-6)
+
+
 def test_ascii_nan_normal_recomputed(tmp_path):
     """NaN normals in ASCII are recomputed and degenerate facets get zero."""
     vertices = np.concatenate([TETRAHEDRON, [[[0, 0, 0], [1, 1, 1], [2, 2, 2]]]])
@@ -963,3 +984,56 @@ def test_random_ascii_model_or_error(tmp_path, words, facets, block_bytes):
         open_and_stream(write_file(tmp_path, "random.stl", text))
     finally:
         stl_module._ASCII_BLOCK_BYTES = original
+
+
+NUMBER_FORMATS = ["{!r}", "{:e}", "{:E}", "{:.3f}", "{:g}", "{:+.6e}", "{:.9g}"]
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_random_layout_ascii_parses_exactly(tmp_path, data):
+    """Valid ASCII of random layout gives float32(float(text)) for each number."""
+    newline = data.draw(st.sampled_from(["\n", "\r\n", "\r"]))
+    case = data.draw(st.sampled_from([str.lower, str.upper, str.title]))
+    block_bytes = data.draw(st.sampled_from([5, 64, 1 << 20]))
+    separators = st.sampled_from([" ", "  ", "\t", " \t "])
+    coordinates = st.floats(-1e6, 1e6, width=32)
+
+    def line(*words):
+        indent = data.draw(st.sampled_from(["", "  ", "\t"]))
+        return indent + data.draw(separators).join(words)
+
+    lines = [line(case("solid"), "random")]
+    rows = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        texts = [
+            data.draw(st.sampled_from(NUMBER_FORMATS)).format(data.draw(coordinates))
+            for _ in range(12)
+        ]
+        rows.append([float(text) for text in texts])
+        lines.append(line(case("facet"), case("normal"), *texts[:3]))
+        lines.append(line(case("outer"), case("loop")))
+        for vertex in range(3):
+            lines.append(line(case("vertex"), *texts[3 + 3 * vertex : 6 + 3 * vertex]))
+        lines.append(line(case("endloop")))
+        lines.append(line(case("endfacet")))
+        if data.draw(st.booleans()):
+            lines.append("")
+    lines.append(line(case("endsolid"), "random"))
+    path = write_file(tmp_path, "layout.stl", (newline.join(lines) + newline).encode())
+
+    original = stl_module._ASCII_BLOCK_BYTES
+    stl_module._ASCII_BLOCK_BYTES = block_bytes
+    try:
+        records = records_of(stream(open_stl(path)))
+    finally:
+        stl_module._ASCII_BLOCK_BYTES = original
+
+    expected = np.array(rows).astype(np.float32)
+    np.testing.assert_array_equal(records["normal"], expected[:, :3])
+    np.testing.assert_array_equal(records["vertices"].reshape(-1, 9), expected[:, 3:])
