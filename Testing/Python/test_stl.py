@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import tracemalloc
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -40,10 +41,10 @@ def unit_normals(vertices: np.ndarray) -> np.ndarray:
 
 def binary_stl_bytes(
     vertices: np.ndarray,
-    normals: np.ndarray = None,
+    normals: Optional[np.ndarray] = None,
     header: bytes = b"binary test mesh",
     attributes=0,
-    count: int = None,
+    count: Optional[int] = None,
 ) -> bytes:
     """Return a binary STL. ``count`` overrides the triangle count field."""
     records = np.zeros(len(vertices), TRIANGLE_DTYPE)
@@ -56,7 +57,7 @@ def binary_stl_bytes(
 
 def ascii_stl(
     vertices: np.ndarray,
-    normals: np.ndarray = None,
+    normals: Optional[np.ndarray] = None,
     name: str = "part",
     newline: str = "\n",
     number=lambda value: f"{value:.6e}",
