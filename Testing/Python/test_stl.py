@@ -135,15 +135,14 @@ def test_ascii_real_file_matches_numpy_stl(shared_data, numpy_stl_mesh, name):
     assert not records_of(data)["attr"].any()
 
 
-def test_ascii_real_file_small_blocks(shared_data, small_ascii_blocks):
-    """Parsing the CRLF moon in tiny blocks gives the same triangles."""
-    reference = (shared_data / "stl" / "moon-ascii.stl").read_bytes()
+def test_ascii_real_file_small_blocks(shared_data, tmp_path, small_ascii_blocks):
+    """The moon with CRLF and CR-only line ends parses the same in tiny blocks."""
+    moon = (shared_data / "stl" / "moon-ascii.stl").read_bytes()
     expected = open_stl(shared_data / "stl" / "moon-ascii.stl").triangles()
 
-    model = open_stl(shared_data / "stl" / "moon-ascii-crlf.stl")
-
-    assert b"\r\n" not in reference
-    np.testing.assert_array_equal(model.triangles(), expected)
+    for name, newline in (("crlf", b"\r\n"), ("cr", b"\r")):
+        path = write_file(tmp_path, f"moon-{name}.stl", moon.replace(b"\n", newline))
+        np.testing.assert_array_equal(open_stl(path).triangles(), expected)
 
 
 def test_cube_ascii_equals_cube_binary(shared_data):
