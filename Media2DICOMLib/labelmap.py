@@ -2,8 +2,8 @@
 
 A label map NRRD (one integer label per voxel) or a 3D Slicer ``.seg.nrrd`` is
 meshed into one closed surface per segment, in LPS millimetres of the image's
-patient coordinate system, and each surface is written as a binary STL ready to
-be encapsulated. The geometry comes from the NRRD ``space``, ``space origin``
+patient coordinate system. Each surface is written as a binary STL, ready to be
+encapsulated. The geometry comes from the NRRD ``space``, ``space origin``
 and ``space directions`` fields, so the surfaces lie on the CT the label map
 was drawn on and share its Frame of Reference.
 

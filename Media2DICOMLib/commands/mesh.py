@@ -17,13 +17,14 @@ def register(subparsers) -> None:
         description=(
             "Mesh each segment of a label map NRRD or a 3D Slicer .seg.nrrd into a "
             "closed surface in LPS millimetres and write it as binary STL. Segment "
-            "names and colours come from the .seg.nrrd header; a plain label map "
-            "gives one surface per label value. The output folder also gets "
+            "names and colours come from the .seg.nrrd header, and a plain label "
+            "map gives one surface per label value. The output folder also gets "
             "segments.json with each file's name, label value and colour. With "
             "--source, the surfaces are also written as Encapsulated STL objects "
             "in the source study, with those names and colours."
         ),
     )
+
     parser.add_argument("labelmap", type=Path, help="label map .nrrd or .seg.nrrd")
     parser.add_argument(
         "-o",
@@ -47,6 +48,8 @@ def register(subparsers) -> None:
         help="smoothing passes over the surface; 0 keeps the voxel steps "
         f"(default: {DEFAULT_SMOOTHING_ITERATIONS})",
     )
+
+    # Encapsulation of the surfaces into the source study, when --source is given.
     parser.add_argument(
         "-s",
         "--source",
@@ -79,6 +82,7 @@ def register(subparsers) -> None:
         default="3D models",
         help="Series Description of the new M3D series (default: '3D models')",
     )
+
     parser.set_defaults(handler=run)
 
 

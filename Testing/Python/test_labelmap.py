@@ -118,7 +118,7 @@ def test_surfaces_closed_and_outward(shared_data, tmp_path):
 
 
 def test_surface_header_and_normals(shared_data, tmp_path):
-    """The STL header names LPS and does not start with 'solid'; normals point out."""
+    """The STL header names LPS, avoids a leading solid, and normals point out."""
     surfaces = mesh_labelmap_file(
         shared_data / "segmentations" / "spine_seg.nrrd", tmp_path
     )
@@ -230,12 +230,8 @@ def test_seg_nrrd_names_colors_labels(tmp_path):
     assert manifest["segments"][0]["file"] == "kidney_left.stl"
 
     low, high = surfaces[1].bounds
-    assert low == pytest.approx(
-        (-10 + 4.5 * 0.5, 20 + 3.5 * 0.75, 5 + 1.5 * 2)
-    )
-    assert high == pytest.approx(
-        (-10 + 6.5 * 0.5, 20 + 6.5 * 0.75, 5 + 4.5 * 2)
-    )
+    assert low == pytest.approx((-10 + 4.5 * 0.5, 20 + 3.5 * 0.75, 5 + 1.5 * 2))
+    assert high == pytest.approx((-10 + 6.5 * 0.5, 20 + 6.5 * 0.75, 5 + 4.5 * 2))
 
 
 def test_seg_nrrd_overlapping_layers(tmp_path):
@@ -276,7 +272,7 @@ def test_seg_nrrd_overlapping_layers(tmp_path):
 
 
 def test_segment_choice_by_name_and_label(tmp_path, shared_data):
-    """--segment picks by label value; an unknown name lists the segments."""
+    """Segments are picked by label value, and an unknown name lists them."""
     source = shared_data / "segmentations" / "liver_spine_seg.nrrd"
     surfaces = mesh_labelmap_file(source, tmp_path, segment_names=["2"])
     assert [s.label_value for s in surfaces] == [2]
@@ -311,7 +307,7 @@ def test_missing_file_rejected(tmp_path):
 
 
 def test_empty_labelmap_rejected(tmp_path):
-    """A label map without any labelled voxel writes nothing and says so."""
+    """A label map without any labelled voxel writes nothing and raises."""
     path = tmp_path / "empty.seg.nrrd"
     write_segmentation(
         path,
