@@ -675,6 +675,8 @@ class _AsciiParser:
         self.first_solid_line: Optional[bytes] = None
         self.records: List[np.ndarray] = []
         self.triangle_count = 0
+        self.blocks = 0
+        self.blocks_by_line = 0
         # Position in _FACET_GRAMMAR, and the numbers of the facet being read
         # with the line of each.
         self.step = 0
@@ -684,8 +686,10 @@ class _AsciiParser:
 
     def parse_block(self, block: bytes, first_line: int) -> None:
         """Parse one block of whole lines that starts at line ``first_line``."""
+        self.blocks += 1
         records = self._parse_block_fast(block) if self.step == 0 else None
         if records is None:
+            self.blocks_by_line += 1
             records = self._parse_block_by_line(block, first_line)
         if len(records):
             self.records.append(records)
@@ -706,6 +710,13 @@ class _AsciiParser:
             )
         if self.in_solid:
             LOGGER.debug("ASCII STL %s has no final endsolid line", self.path)
+        if self.blocks_by_line:
+            LOGGER.debug(
+                "ASCII STL %s: %d of %d blocks needed the slower line parser",
+                self.path,
+                self.blocks_by_line,
+                self.blocks,
+            )
         return self.records
 
     def _parse_block_fast(self, block: bytes) -> Optional[np.ndarray]:
