@@ -44,14 +44,7 @@ from typing import Dict, Optional
 
 import numpy as np
 from PIL import Image
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    UID,
-)
+from pydicom.uid import UID
 
 from Media2DICOMLib.errors import Media2DICOMError
 from Media2DICOMLib.images import JPEG_LOSSY_METHOD
@@ -59,6 +52,14 @@ from Media2DICOMLib.images import JPEG_LOSSY_METHOD
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_QUALITY = 90
+
+# Transfer syntax UIDs written out, because pydicom 2.x names .70 "JPEGLossless",
+# the keyword that pydicom 3 (and the DICOM standard) give to .57.
+JPEGBaseline8Bit = UID("1.2.840.10008.1.2.4.50")
+JPEGExtended12Bit = UID("1.2.840.10008.1.2.4.51")
+JPEGLossless = UID("1.2.840.10008.1.2.4.57")
+JPEGLosslessSV1 = UID("1.2.840.10008.1.2.4.70")
+ExplicitVRLittleEndian = UID("1.2.840.10008.1.2.1")
 
 # Command-line names of the transfer syntaxes, in the order --help lists them.
 TRANSFER_SYNTAX_NAMES: Dict[str, UID] = {

@@ -34,7 +34,6 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from Media2DICOMLib import __version__
 from Media2DICOMLib.errors import (
@@ -51,6 +50,8 @@ from Media2DICOMLib.images import (
 )
 from Media2DICOMLib.jpeg import (
     DEFAULT_QUALITY,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     LOSSY_TRANSFER_SYNTAXES,
     FrameEncoder,
     decode_frame,

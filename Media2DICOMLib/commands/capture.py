@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from Media2DICOMLib.color import parse_color, rgb_bytes

@@ -10,16 +10,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1
 
 from Media2DICOMLib import cli
 from Media2DICOMLib.errors import ImageInputError, ObjectTooLargeError
+from Media2DICOMLib.jpeg import (
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+)
 from Media2DICOMLib.new_series import SeriesInfo
 from Media2DICOMLib.secondary_capture import write_secondary_capture
 from Media2DICOMLib.source_study import read_source_series
 from Media2DICOMLib.video import read_video
 
 from dicom_checks import assert_dciodvfy_clean
+from test_secondary_capture import psnr, rgb_pixels
 
 av = pytest.importorskip("av", reason="PyAV (pip install av) is needed for video")
 
@@ -76,11 +81,6 @@ def decoded_frames(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return np.stack(frames)
-
-
-def psnr(decoded: np.ndarray, original: np.ndarray) -> float:
-    error = np.mean((decoded.astype(np.float64) - original.astype(np.float64)) ** 2)
-    return float("inf") if error == 0 else 10 * np.log10(255.0**2 / error)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_video_cine_in_orthanc(tmp_path, ct_small, orthanc, mp4_video):
     assert len(dataset.LossyImageCompressionRatio) == 2
     assert "PixelAspectRatio" not in dataset
 
-    pixels = dataset.pixel_array
+    pixels = rgb_pixels(dataset)
     assert pixels.shape == (100, HEIGHT, WIDTH, 3)
     assert psnr(pixels, decoded_frames(mp4_video)) > MIN_PSNR_DB
 
@@ -256,7 +256,7 @@ def test_subsample_step(tmp_path, ct_small, mp4_video):
     dataset = pydicom.dcmread(item.path)
     assert dataset.NumberOfFrames == 50
     assert float(dataset.FrameTime) == pytest.approx(200.0)
-    assert psnr(dataset.pixel_array, decoded_frames(mp4_video)[::2]) > MIN_PSNR_DB
+    assert psnr(rgb_pixels(dataset), decoded_frames(mp4_video)[::2]) > MIN_PSNR_DB
 
 
 def test_subsample_auto_fits_max_frames(mp4_video):
