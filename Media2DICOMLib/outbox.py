@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 from Media2DICOMLib.errors import Media2DICOMError, NetworkError
 from Media2DICOMLib.network import (
@@ -40,6 +40,8 @@ from Media2DICOMLib.settings import (
 LOGGER = logging.getLogger(__name__)
 
 OUTBOX_FOLDER_NAME = "outbox"
+# How an entry is sent: C-STORE, or STOW-RS to the server's DICOMweb URL.
+TRANSPORTS = ("dimse", "dicomweb")
 
 
 class OutboxError(Media2DICOMError):
@@ -59,6 +61,7 @@ class OutboxEntry:
     attempts: int = 0
     last_attempt: Optional[str] = None
     last_reason: str = ""
+    transport: str = "dimse"
 
     @property
     def state_path(self) -> Path:
@@ -78,14 +81,19 @@ class Outbox:
     def __init__(self, cache_directory) -> None:
         self.folder = Path(cache_directory).expanduser() / OUTBOX_FOLDER_NAME
 
-    def add(self, paths: Iterable, server: Server) -> list:
+    def add(self, paths: Iterable, server: Server, transport: str = "dimse") -> list:
         """Copy DICOM files (or folders of them) into the outbox for ``server``.
 
-        An object already queued for that server (same SOP Instance UID) is
-        not copied again. Returns the entries in the order of the files.
+        ``transport`` is "dimse" (C-STORE) or "dicomweb" (STOW-RS). An object
+        already queued for that server and transport (same SOP Instance UID)
+        is not copied again. Returns the entries in the order of the files.
         """
+        if transport not in TRANSPORTS:
+            raise OutboxError(
+                f"Unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}."
+            )
         entries = []
-        folder = self.folder / server_key(server)
+        folder = self.folder / server_key(server, transport)
         folder.mkdir(parents=True, exist_ok=True)
         for source in collect_files(paths):
             header = read_file_header(source)
@@ -105,6 +113,7 @@ class Outbox:
                 path=target,
                 source_path=str(source),
                 queued_at=_now(),
+                transport=transport,
             )
             self._write_entry(entry)
             LOGGER.info(
@@ -142,24 +151,21 @@ class Outbox:
         progress: Optional[ProgressCallback] = None,
         allow_uncompressed_fallback: bool = True,
         server: Optional[Server] = None,
-        sender: Optional[Callable] = None,
     ) -> list:
         """Send ``entries`` and remove those the servers stored.
 
-        Entries are grouped by server and each group goes over one or more
-        associations. ``server`` replaces the stored server details (for
-        example after the settings changed). ``sender(server, paths)``
-        replaces C-STORE, for example with STOW-RS, and must return one
-        StoreResult per path. Returns one StoreResult per entry. Entries that
-        were not stored stay queued with their reason.
+        Entries are grouped by server and transport, and each group goes over
+        one or more associations (or STOW-RS requests). ``server`` replaces
+        the stored server details, for example after the settings changed.
+        Returns one StoreResult per entry. Entries that were not stored stay
+        queued with their reason.
         """
         results = []
         groups = {}
         for entry in entries:
             target = server or entry.server
-            groups.setdefault(
-                (target.name, target.host, target.port, target.called_aet), []
-            ).append(entry)
+            key = (entry.transport, target.name, target.host, target.port)
+            groups.setdefault(key, []).append(entry)
         for group in groups.values():
             target = server or group[0].server
             for entry in group:
@@ -175,8 +181,10 @@ class Outbox:
                 self._write_entry(entry)
             by_path = {entry.path: entry for entry in group}
             paths = [entry.path for entry in group]
-            if sender is not None:
-                sent = sender(target, paths)
+            if group[0].transport == "dicomweb":
+                from Media2DICOMLib.dicomweb import store_instances
+
+                sent = store_instances(target, paths, progress, timeouts)
             else:
                 sent = send_files(
                     target,
@@ -204,20 +212,19 @@ class Outbox:
         timeouts: Optional[Timeouts] = None,
         progress: Optional[ProgressCallback] = None,
         allow_uncompressed_fallback: bool = True,
-        sender: Optional[Callable] = None,
+        transport: str = "dimse",
     ) -> list:
         """Queue ``paths`` for ``server``, then send them.
 
         The returned results name the original files, not the outbox copies.
         """
-        entries = self.add(paths, server)
+        entries = self.add(paths, server, transport)
         results = self.send(
             entries,
             calling_aet=calling_aet,
             timeouts=timeouts,
             progress=progress,
             allow_uncompressed_fallback=allow_uncompressed_fallback,
-            sender=sender,
         )
         originals = {entry.path: Path(entry.source_path) for entry in entries}
         return [_with_original_path(result, originals) for result in results]
@@ -258,9 +265,11 @@ class Outbox:
             return None
 
 
-def server_key(server: Server) -> str:
-    """Return the folder name of ``server`` in the outbox."""
+def server_key(server: Server, transport: str = "dimse") -> str:
+    """Return the folder name of ``server`` and ``transport`` in the outbox."""
     text = f"{server.name}-{server.called_aet}-{server.host}-{server.port}"
+    if transport != "dimse":
+        text += f"-{transport}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 

@@ -163,11 +163,6 @@ def run_send(args) -> int:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
 
-    sender = None
-    if args.dicomweb:
-        from Media2DICOMLib.dicomweb import store_instances
-
-        sender = store_instances
     results = Outbox(settings.cache_path()).send_files(
         server,
         files,
@@ -175,7 +170,7 @@ def run_send(args) -> int:
         timeouts=settings.timeouts,
         progress=TerminalProgress(),
         allow_uncompressed_fallback=args.uncompressed_fallback,
-        sender=sender,
+        transport="dicomweb" if args.dicomweb else "dimse",
     )
     return print_results(results)
 

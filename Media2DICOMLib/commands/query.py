@@ -101,7 +101,7 @@ def run_query(args) -> int:
     if args.dicomweb:
         from Media2DICOMLib.dicomweb import search
 
-        rows = search(server, args.level, **filters)
+        rows = search(server, args.level, settings.timeouts, **filters)
     else:
         rows = find(
             server,

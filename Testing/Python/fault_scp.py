@@ -8,12 +8,14 @@ how the library reports each case.
 from __future__ import annotations
 
 import datetime
+import json
 import socket
 import threading
 import time
 
 import pytest
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
@@ -139,6 +141,69 @@ def scp_factory():
 def scp_server(scp: TestSCP, name: str = "test") -> Server:
     """Return the :class:`Server` entry that points at ``scp``."""
     return Server(name=name, host="127.0.0.1", port=scp.port, called_aet=scp.aet)
+
+
+class MockStow:
+    """A loopback STOW-RS endpoint that checks the Authorization header.
+
+    It returns the STOW-RS response the test sets in ``reply`` (a DICOM JSON
+    object), or HTTP 401 when the header differs from ``expected_authorization``.
+    With ``ssl_context`` it serves HTTPS.
+    """
+
+    def __init__(self, expected_authorization: str, ssl_context=None) -> None:
+        self.expected_authorization = expected_authorization
+        self.reply = {}
+        self.authorizations = []
+        mock = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(length)
+                authorization = self.headers.get("Authorization", "")
+                mock.authorizations.append(authorization)
+                if authorization != mock.expected_authorization:
+                    self.send_response(401, "Unauthorized")
+                    self.end_headers()
+                    return
+                body = json.dumps(mock.reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if ssl_context is not None:
+            self.http.socket = ssl_context.wrap_socket(
+                self.http.socket, server_side=True
+            )
+            scheme = "https"
+        self.thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"{scheme}://127.0.0.1:{self.http.server_address[1]}/dicom-web"
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def stow_reply(sop_class_uid, sop_instance_uid, failure=None, warning=None) -> dict:
+    item = {
+        "00081150": {"vr": "UI", "Value": [sop_class_uid]},
+        "00081155": {"vr": "UI", "Value": [sop_instance_uid]},
+    }
+    if failure is not None:
+        item["00081197"] = {"vr": "US", "Value": [failure]}
+        return {"00081198": {"vr": "SQ", "Value": [item]}}
+    if warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [warning]}
+    return {"00081199": {"vr": "SQ", "Value": [item]}}
 
 
 class SilentListener:
