@@ -7,6 +7,9 @@ DICOM volume and sends them to a PACS.
 
 Scripting from the Python console goes through :class:`Media2DICOMLogic`,
 whose export methods take every option as an argument.
+
+NOTE: written against the Slicer 5.10 and 5.12 sources, but no Slicer ran
+where it was written, so the panel and Media2DICOMTest have not been executed.
 """
 
 import logging
@@ -147,7 +150,8 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: source study, content, destination and send."""
 
     def __init__(self, parent=None):
-        ScriptedLoadableModuleWidget.__init__(self, parent)
+        # The base class calls setup() at once when there is no parent, so the
+        # attributes and the observer list must exist before it runs.
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
@@ -158,6 +162,8 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.sendTask = None
         self.sendTimer = None
         self.backgroundTasks = []
+        self.views = []
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -426,7 +432,7 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             comboBox.setCurrentIndex(max(index, 0))
 
     def viewNodeForComboBox(self, comboBox):
-        for name, viewNode in getattr(self, "views", []):
+        for name, viewNode in self.views:
             if name == comboBox.currentText:
                 return viewNode
         return None
@@ -608,9 +614,27 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = True
         self.updateButtons()
         try:
-            source = self.currentSource()
+            result, failure = self.writeForSend(content)
+        finally:
+            self.exportProgress = None
+        if result is None:
+            self.finishSend(failure)
+            return
+
+        if serverName is None:
+            self.finishSend(f"Written to {result.output_folder}.")
+            return
+        self.startSend(serverName, result.files)
+
+    def writeForSend(self, content):
+        """Write the content in the GUI thread, processing events between steps.
+
+        Returns the written export and None, or None and the status line of a
+        cancelled or failed export, whose error was already shown.
+        """
+        try:
             result = self.logic.writeObjects(
-                source,
+                self.currentSource(),
                 content,
                 outputFolder=self.ui.outputFolderPathLineEdit.currentPath or None,
                 firstSeriesNumber=self.ui.seriesNumberSpinBox.value,
@@ -625,26 +649,21 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.importIntoDicomDatabase(result.output_folder)
                 self.ui.resultsList.addItem("Imported into the DICOM database.")
         except Cancelled:
-            self.finishSend("Cancelled. No object was sent.")
-            return
+            return None, "Cancelled. No object was sent."
         except Media2DICOMError as exc:
-            self.finishSend("Export failed.")
             self.showError(str(exc))
-            return
+            return None, "Export failed."
         except Exception as exc:
             logging.exception("Media2DICOM export failed")
-            self.finishSend("Export failed.")
             self.showError(f"The export failed unexpectedly: {exc}")
-            return
-        finally:
-            self.exportProgress = None
+            return None, "Export failed."
+        return result, None
 
-        if serverName is None:
-            self.finishSend(f"Written to {result.output_folder}.")
-            return
+    def startSend(self, serverName, paths):
+        """Send in a worker thread and poll it from a timer, so Slicer stays usable."""
         self.ui.statusLabel.text = f"Sending to {serverName}..."
         self.sendTask = slicer_support.BackgroundTask(
-            self.logic.sendFiles, (serverName, result.files), name="send"
+            self.logic.sendFiles, (serverName, paths), name="send"
         ).start()
         self.sendTimer = qt.QTimer()
         self.sendTimer.setInterval(100)
@@ -826,8 +845,8 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
         when it is missing, from the series UID of its subject hierarchy item,
         looked up in Slicer's DICOM database.
         """
-        database = slicer.dicomDatabase
-        if database is None or not database.isOpen:
+        database = self.dicomDatabase()
+        if database is None:
             raise Media2DICOMError(
                 "Slicer's DICOM database is not open. Open the DICOM module once, "
                 "then load the volume from the DICOM browser."
@@ -849,6 +868,20 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
             )
         return files
 
+    @staticmethod
+    def dicomDatabase():
+        """Return Slicer's open DICOM database, or None.
+
+        ``slicer.dicomDatabase`` exists once the DICOM module has started.
+        """
+        try:
+            database = slicer.dicomDatabase
+        except AttributeError:
+            return None
+        if database is None or not database.isOpen:
+            return None
+        return database
+
     def seriesUidForNode(self, node):
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(
             slicer.mrmlScene
@@ -867,7 +900,7 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
         uids = slicer_support.instance_uids_from_attribute(
             volumeNode.GetAttribute("DICOM.instanceUIDs")
         )
-        database = slicer.dicomDatabase
+        database = self.dicomDatabase()
         if not uids and database is not None:
             seriesUid = self.seriesUidForNode(volumeNode)
             uids = list(database.instancesForSeries(seriesUid)) if seriesUid else []
@@ -1348,14 +1381,13 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
         """Add written objects to Slicer's DICOM database for the DICOM browser."""
         from DICOMLib import DICOMUtils
 
-        if slicer.dicomDatabase is None or not slicer.dicomDatabase.isOpen:
+        database = self.dicomDatabase()
+        if database is None:
             raise Media2DICOMError(
                 "Slicer's DICOM database is not open, so the objects were not "
                 f"imported. They are in {folder}."
             )
-        if not DICOMUtils.importDicom(
-            str(folder), slicer.dicomDatabase, copyFiles=True
-        ):
+        if not DICOMUtils.importDicom(str(folder), database, copyFiles=True):
             raise Media2DICOMError(
                 f"Importing {folder} into the DICOM database failed. See the log."
             )

@@ -611,6 +611,25 @@ def test_panel_screenshot_renders(tmp_path):
 # Plain-Python helpers
 
 
+def test_panel_imports_stay_light():
+    """The helpers the panel loads at startup import no DICOM or array package."""
+    import subprocess
+
+    code = (
+        "import sys, Media2DICOMLib.slicer_support, Media2DICOMLib.settings; "
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'numpy', 'PIL', 'av') "
+        "if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert output.strip() == "[]"
+
+
 def test_pynetdicom_matches_pydicom():
     """pydicom 2 gets pynetdicom 2 and pydicom 3 gets pynetdicom 3."""
     assert slicer_support.pynetdicom_requirement("2.4.4") == "pynetdicom>=2.0,<3"
