@@ -129,8 +129,9 @@ class FrameEncoder:
                 f"Invalid chroma subsampling {self.chroma_subsampling!r}: use "
                 "'422' (half the chroma columns) or '444' (full chroma)."
             )
-        if self.transfer_syntax_uid not in TRANSFER_SYNTAX_NAMES.values():
-            transfer_syntax_from_name(str(self.transfer_syntax_uid))
+        # The dataclass is frozen, so the UID a name maps to is set directly.
+        uid = transfer_syntax_from_name(str(self.transfer_syntax_uid))
+        object.__setattr__(self, "transfer_syntax_uid", uid)
         if self.is_lossy and not 1 <= int(self.quality) <= 100:
             raise Media2DICOMError(
                 f"Invalid JPEG quality {self.quality}: use an integer from 1 "

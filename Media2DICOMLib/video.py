@@ -57,8 +57,8 @@ class VideoFrames:
 
     ``frame_rate`` (frames per second), ``duration`` (seconds) and ``count``
     describe the frames that iteration yields, after subsampling. ``size`` is
-    ``(width, height)`` in pixels. ``lossy_steps`` contains the video codec's
-    compression when the codec is lossy.
+    ``(width, height)`` in pixels as displayed, after any rotation.
+    ``lossy_steps`` contains the video codec's compression when it is lossy.
     """
 
     path: Path
@@ -153,15 +153,20 @@ def read_video(
         aspect = _sample_aspect_ratio(stream)
     if source_count == 0 or not width or not height:
         raise ImageInputError(f"The video {path} contains no frames.")
+    quarter_turns = _first_frame_rotation(av, path)
+    if quarter_turns % 2:
+        width, height = height, width
+        if aspect:
+            aspect = (aspect[1], aspect[0])
 
     step = _subsample_step(subsample, source_count, max_frames, path)
     count = math.ceil(source_count / step)
     if max_frames is not None and count > max_frames:
         raw = count * width * height * 3
-        kept = f" ({count} when keeping every {step})" if step > 1 else ""
+        subsample_note = f" ({count} when keeping every {step})" if step > 1 else ""
         raise ObjectTooLargeError(
             f"The video {path} has {source_count} frames of {width}x{height} "
-            f"pixels{kept}, about {raw / MIB:.0f} MiB uncompressed, but at most "
+            f"pixels{subsample_note}, about {raw / MIB:.0f} MiB uncompressed, but at most "
             f"{max_frames} frames are allowed. Subsample it with a step of "
             f"{math.ceil(source_count / max_frames)} or more, or cut it shorter."
         )
@@ -275,7 +280,36 @@ def _subsample_step(subsample, count: int, max_frames: Optional[int], path) -> i
 
 def _bind_frame(frame, name: str) -> Callable[[], ImageFrame]:
     def convert() -> ImageFrame:
-        pixels = frame.to_ndarray(format="rgb24")
+        pixels = _upright(frame.to_ndarray(format="rgb24"), _rotation_of(frame))
         return ImageFrame(np.ascontiguousarray(pixels), (), name)
 
     return convert
+
+
+def _rotation_of(frame) -> int:
+    """Return a frame's display rotation in counter-clockwise quarter turns.
+
+    Phone videos store portrait recordings as landscape frames with a display
+    matrix. PyAV 18 reports its angle as ``VideoFrame.rotation`` in
+    counter-clockwise degrees. A release without that attribute gives 0.
+    """
+    degrees = getattr(frame, "rotation", 0) or 0
+    quarter_turns = round(degrees / 90.0)
+    if abs(degrees - quarter_turns * 90) > 1:
+        # NOTE: rotations that are not multiples of 90 degrees are ignored.
+        LOGGER.warning("Ignored a video display rotation of %s degrees", degrees)
+        return 0
+    return quarter_turns % 4
+
+
+def _upright(pixels: np.ndarray, quarter_turns: int) -> np.ndarray:
+    # numpy's rot90 turns counter-clockwise for positive k, like the display
+    # matrix angle.
+    return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
+
+
+def _first_frame_rotation(av, path: Path) -> int:
+    with _open_container(av, path) as container:
+        for frame in container.decode(video=0):
+            return _rotation_of(frame)
+    return 0

@@ -7,6 +7,7 @@ import logging
 import shutil
 import struct
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -589,6 +590,52 @@ def test_extended_offset_table(tmp_path, ct_small, monkeypatch):
     assert lengths == [len(f) for f in items[1:]]
     assert offsets == list(np.cumsum([0] + [8 + n for n in lengths[:-1]]))
     assert np.array_equal(dataset.pixel_array, np.stack(frames))
+
+
+def test_memory_independent_of_frame_count(tmp_path, ct_small):
+    """Peak traced memory for 60 frames stays close to that for 10 frames."""
+    source = read_source_series(ct_small)
+    frame = synthetic_screenshot(rows=480, columns=640)[..., :3].copy()
+
+    def peak_bytes(count: int) -> int:
+        tracemalloc.start()
+        try:
+            write_secondary_capture(
+                source,
+                (frame.copy() for _ in range(count)),
+                tmp_path / f"cine{count}.dcm",
+                SeriesInfo(),
+                frame_time_ms=40,
+                workers=2,
+            )
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small = peak_bytes(10)
+    large = peak_bytes(60)
+
+    frame_bytes = frame.nbytes
+    assert large < small + 2 * frame_bytes, (small, large)
+    assert large < 20 * frame_bytes, (small, large)
+    assert pydicom.dcmread(tmp_path / "cine60.dcm").NumberOfFrames == 60
+
+
+def test_transfer_syntax_names_accepted(tmp_path, ct_small):
+    """Command-line names such as jpeg-lossless select their UID."""
+    source = read_source_series(ct_small)
+
+    item = write_secondary_capture(
+        source,
+        np.zeros((8, 8, 3), np.uint8),
+        tmp_path / "sc.dcm",
+        SeriesInfo(),
+        transfer_syntax="jpeg-lossless",
+    )
+
+    assert item.transfer_syntax_uid == "1.2.840.10008.1.2.4.57"
+    dataset = pydicom.dcmread(item.path)
+    assert dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.57"
 
 
 def test_body_part_copied_without_laterality(tmp_path, ct_small):

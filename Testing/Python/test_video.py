@@ -56,19 +56,24 @@ def make_video(
     codec: str = "libx264",
     pixel_format: str = "yuv420p",
     frame_count: int = FRAME_RATE * SECONDS,
-    rate: int = FRAME_RATE,
-    options=None,
+    rate=FRAME_RATE,
+    configure=None,
+    frame_of=moving_frame,
 ) -> Path:
-    """Encode ``frame_count`` moving frames into ``path`` with PyAV."""
+    """Encode ``frame_count`` frames into ``path`` with PyAV.
+
+    ``configure`` is called with the new stream before the first frame, to set
+    options such as a display rotation. ``frame_of(index)`` makes each frame.
+    """
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width = WIDTH
         stream.height = HEIGHT
         stream.pix_fmt = pixel_format
-        if options:
-            stream.options = options
+        if configure:
+            configure(stream)
         for index in range(frame_count):
-            frame = av.VideoFrame.from_ndarray(moving_frame(index), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_of(index), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -283,16 +288,7 @@ def test_invalid_subsample_rejected(mp4_video, subsample):
 
 def test_fractional_frame_rate(tmp_path):
     """An NTSC rate of 30000/1001 frames per second is kept, not rounded."""
-    path = tmp_path / "ntsc.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(30000, 1001))
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for index in range(30):
-            frame = av.VideoFrame.from_ndarray(moving_frame(index), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = make_video(tmp_path / "ntsc.mp4", frame_count=30, rate=Fraction(30000, 1001))
 
     video = read_video(path)
 
@@ -303,17 +299,11 @@ def test_fractional_frame_rate(tmp_path):
 def test_non_square_pixels_aspect_ratio(tmp_path, ct_small):
     """A sample aspect ratio other than 1:1 becomes Pixel Aspect Ratio."""
     # With PyAV 18, FFV1 in Matroska lost the sample aspect ratio and H.264 kept it.
-    path = tmp_path / "anamorphic.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FRAME_RATE)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+
+    def wide_pixels(stream):
         stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
-        for index in range(5):
-            frame = av.VideoFrame.from_ndarray(moving_frame(index), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+
+    path = make_video(tmp_path / "anamorphic.mp4", frame_count=5, configure=wide_pixels)
 
     video = read_video(path)
     item = write_secondary_capture(
@@ -407,3 +397,33 @@ def test_cli_video_too_long(tmp_path, ct_small, mp4_video, capsys):
     assert code == cli.EXIT_ERROR
     assert "100 frames" in capsys.readouterr().err
     assert list(tmp_path.glob("*.dcm")) == []
+
+
+def test_display_rotation_applied(tmp_path, ct_small):
+    """A phone-style display rotation of 90 degrees is applied to every frame."""
+    frame = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frame[:20, :40] = 255
+    path = make_video(
+        tmp_path / "portrait.mp4",
+        frame_count=3,
+        configure=lambda stream: stream.set_display_rotation(90),
+        frame_of=lambda index: frame,
+    )
+
+    video = read_video(path)
+    item = write_secondary_capture(
+        read_source_series(ct_small),
+        video,
+        tmp_path / "sc.dcm",
+        SeriesInfo(),
+        transfer_syntax=ExplicitVRLittleEndian,
+    )
+
+    assert video.size == (HEIGHT, WIDTH)
+    dataset = pydicom.dcmread(item.path)
+    assert dataset.Rows == WIDTH
+    assert dataset.Columns == HEIGHT
+    first = dataset.pixel_array[0]
+    # A counter-clockwise quarter turn moves the top-left block to bottom left.
+    assert first[-40:, :20].mean() > 200
+    assert first[:40, :20].mean() < 50
