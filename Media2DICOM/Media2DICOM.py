@@ -930,8 +930,9 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
     def referenceVolumeForNode(self, node):
         """Find the DICOM volume a segmentation or model belongs to.
 
-        A segmentation names its reference volume; otherwise a volume with
-        DICOM instance UIDs in the same subject hierarchy study is used.
+        A segmentation names its reference volume. Otherwise the node must be
+        inside a subject hierarchy study, and the first volume with DICOM
+        instance UIDs in that study is used.
         """
         if node is not None and node.IsA("vtkMRMLSegmentationNode"):
             role = (
@@ -944,7 +945,10 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene
         )
         itemId = shNode.GetItemByDataNode(node) if node is not None else 0
+        studyLevel = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
         studyId = shNode.GetItemParent(itemId) if itemId else 0
+        while studyId and shNode.GetItemLevel(studyId) != studyLevel:
+            studyId = shNode.GetItemParent(studyId)
         if not studyId:
             return None
         children = vtk.vtkIdList()
