@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import build_context
@@ -333,6 +333,7 @@ def echo(
     except _AssociationFailed as exc:
         return EchoResult(False, time.monotonic() - started, str(exc))
     except NetworkError as exc:
+        LOGGER.error("C-ECHO to %s failed: %s", server.describe(), exc)
         return EchoResult(False, time.monotonic() - started, str(exc))
     try:
         status = assoc.send_c_echo()
@@ -552,6 +553,8 @@ def _send_batch(server, batch, calling_aet, timeouts, allow_fallback, on_result)
     try:
         assoc = _associate(ae, server, calling_aet, timeouts)
     except (_AssociationFailed, NetworkError) as exc:
+        if not isinstance(exc, _AssociationFailed):
+            LOGGER.error("Association with %s failed: %s", server.describe(), exc)
         results = []
         for header in batch:
             reason = str(exc)
@@ -617,7 +620,7 @@ def _store_one(assoc, server: Server, header: _FileHeader, allow_fallback: bool)
         if payload is not None:
             status = _send_from_file(assoc, header.path)
         elif syntax == header.transfer_syntax_uid:
-            status = assoc.send_c_store(pydicom.dcmread(header.path, force=True))
+            status = assoc.send_c_store(_dataset_with_meta(header))
         else:
             status = _send_uncompressed(assoc, header.path)
     except (ValueError, AttributeError, OSError, Media2DICOMError) as exc:
@@ -629,6 +632,19 @@ def _store_one(assoc, server: Server, header: _FileHeader, allow_fallback: bool)
         )
         return _not_sent(header, f"Failed to send to {server.describe()}: {exc}.")
     return _store_result(server, header, syntax, status)
+
+
+def _dataset_with_meta(header: _FileHeader) -> Dataset:
+    """Read a file that lacks File Meta Information and give it some.
+
+    pynetdicom needs the transfer syntax of a dataset to choose its context,
+    and a raw dataset file carries none.
+    """
+    dataset = pydicom.dcmread(header.path, force=True)
+    if not dataset.file_meta.get("TransferSyntaxUID"):
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = header.transfer_syntax_uid
+    return dataset
 
 
 def _unaccepted_reason(server, header, accepted, allow_fallback) -> str:

@@ -40,7 +40,7 @@ from Media2DICOMLib.settings import (
 LOGGER = logging.getLogger(__name__)
 
 OUTBOX_FOLDER_NAME = "outbox"
-# How an entry is sent: C-STORE, or STOW-RS to the server's DICOMweb URL.
+# Transports of an entry: C-STORE, or STOW-RS to the server's DICOMweb URL.
 TRANSPORTS = ("dimse", "dicomweb")
 
 

@@ -1,8 +1,8 @@
 """Misbehaving DICOM peers for the network tests, all on 127.0.0.1.
 
-Orthanc and storescp behave well; these pynetdicom SCPs reject, abort, stay
-silent, answer with chosen statuses or receive slowly, so the tests can check
-how the library reports each case.
+Orthanc and storescp behave well. These pynetdicom SCPs reject, abort, stay
+silent, return chosen statuses or receive slowly, and the HTTP mock checks
+authentication, so the tests can check how the library reports each case.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 @dataclass
 class ScpRecord:
-    """What a test SCP received."""
+    """Requests and objects received by a test SCP."""
 
     sop_instance_uids: list = field(default_factory=list)
     datasets: list = field(default_factory=list)

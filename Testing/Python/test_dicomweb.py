@@ -123,7 +123,7 @@ def test_qido_finds_study_series_images(web_orthanc, ct_files):
 
 
 def test_qido_patient_level_rejected(web_orthanc):
-    """QIDO-RS has no patient level, and the error says what to use."""
+    """QIDO-RS has no patient level, and the error names the alternative."""
     with pytest.raises(NetworkError, match="no patient level"):
         search(web_orthanc.server, "PATIENT", patient_id="99000")
 

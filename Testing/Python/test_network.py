@@ -8,6 +8,8 @@ import shutil
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from dicom_checks import assert_dciodvfy_clean
@@ -293,3 +295,28 @@ def test_send_jpeg_fallback_uncompressed(scp_factory, shared_data, tmp_path):
     assert received.PhotometricInterpretation == "RGB"
     assert received.Rows == original.Rows
     assert received.Columns == original.Columns
+
+
+def test_send_raw_dataset_file(scp_factory, pdf_object, tmp_path):
+    """A file without preamble and File Meta Information is sent re-encoded."""
+    original = pydicom.dcmread(pdf_object)
+    raw = tmp_path / "raw.dcm"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = True
+    write_dataset(buffer, original)
+    raw.write_bytes(buffer.getvalue())
+    assert raw.read_bytes()[128:132] != b"DICM"
+    assert_dciodvfy_clean(raw)
+
+    scp = scp_factory()
+    results = send_files(server_for(scp.port, scp.aet), [raw])
+    assert results[0].category == "success"
+    assert results[0].transfer_syntax_used == ImplicitVRLittleEndian
+    assert scp.record.requested_contexts == [
+        (ENCAPSULATED_PDF_STORAGE, str(ImplicitVRLittleEndian))
+    ]
+    received = scp.record.datasets[0]
+    assert received.SOPInstanceUID == original.SOPInstanceUID
+    assert received.StudyInstanceUID == original.StudyInstanceUID
+    assert received.EncapsulatedDocument == original.EncapsulatedDocument
