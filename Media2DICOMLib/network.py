@@ -531,12 +531,12 @@ def _batches(headers: list, allow_fallback: bool):
     """Split files into groups whose contexts fit in one association."""
     batch, pairs = [], set()
     for header in headers:
-        wanted = set(_contexts_for(header, allow_fallback))
-        if batch and len(pairs | wanted) > MAX_CONTEXTS:
+        requested = set(_contexts_for(header, allow_fallback))
+        if batch and len(pairs | requested) > MAX_CONTEXTS:
             yield batch
             batch, pairs = [], set()
         batch.append(header)
-        pairs |= wanted
+        pairs |= requested
     if batch:
         yield batch
 

@@ -331,12 +331,14 @@ def retrieve_source_series(
             f"Series {series_instance_uid} of study {study_instance_uid} has no "
             f"instances on {server.describe()}. Check the UIDs with a query."
         )
-    wanted = _Wanted(server, study_instance_uid, series_instance_uid, instances[0])
+    requested = _RequestedInstance(
+        server, study_instance_uid, series_instance_uid, instances[0]
+    )
     if method == "get":
-        header = _retrieve_by_get(wanted, calling_aet, timeouts)
+        header = _retrieve_by_get(requested, calling_aet, timeouts)
     elif method == "move":
         header = _retrieve_by_move(
-            wanted, calling_aet, move_port, bind_address, timeouts
+            requested, calling_aet, move_port, bind_address, timeouts
         )
     else:
         raise NetworkError(f"Unknown retrieve method {method!r}; use 'get' or 'move'.")
@@ -346,7 +348,7 @@ def retrieve_source_series(
             delattr(header, keyword)
     LOGGER.info(
         "Retrieved the header of %s by C-%s and %d instance UID(s) from %s",
-        wanted.instance.sop_instance_uid,
+        requested.instance.sop_instance_uid,
         method.upper(),
         len(instances),
         server.called_aet,
@@ -355,7 +357,7 @@ def retrieve_source_series(
 
 
 @dataclass
-class _Wanted:
+class _RequestedInstance:
     server: Server
     study_instance_uid: str
     series_instance_uid: str
@@ -381,8 +383,10 @@ class _Wanted:
 class _Receiver:
     """C-STORE handler that keeps the one requested instance."""
 
-    def __init__(self, wanted: _Wanted, allowed_addresses: Optional[set] = None):
-        self.wanted = wanted
+    def __init__(
+        self, requested: _RequestedInstance, allowed_addresses: Optional[set] = None
+    ):
+        self.requested = requested
         self.allowed_addresses = allowed_addresses
         self.dataset: Optional[Dataset] = None
         self.lock = threading.Lock()
@@ -391,29 +395,29 @@ class _Receiver:
         requestor = event.assoc.requestor
         if self.allowed_addresses is not None:
             calling = requestor.ae_title.strip()
-            if calling != self.wanted.server.called_aet:
+            if calling != self.requested.server.called_aet:
                 LOGGER.warning(
                     "Rejected C-STORE from AE title %s: expected %s",
                     calling,
-                    self.wanted.server.called_aet,
+                    self.requested.server.called_aet,
                 )
                 return 0x0124
             if requestor.address not in self.allowed_addresses:
                 LOGGER.warning(
                     "Rejected C-STORE from %s: %s resolves to %s",
                     requestor.address,
-                    self.wanted.server.host,
+                    self.requested.server.host,
                     ", ".join(sorted(self.allowed_addresses)),
                 )
                 return 0x0124
         dataset = event.dataset
         dataset.file_meta = event.file_meta
-        problem = self.wanted.check(dataset)
+        problem = self.requested.check(dataset)
         if problem:
             LOGGER.warning(
                 "Rejected C-STORE of %s from %s: %s",
                 dataset.get("SOPInstanceUID", "?"),
-                self.wanted.server.called_aet,
+                self.requested.server.called_aet,
                 problem,
             )
             return 0xA900
@@ -427,10 +431,12 @@ def _storage_context(sop_class_uid: str):
     return build_context(sop_class_uid, ALL_TRANSFER_SYNTAXES)
 
 
-def _retrieve_by_get(wanted: _Wanted, calling_aet: str, timeouts: Timeouts):
-    server = wanted.server
-    sop_class = wanted.instance.sop_class_uid
-    receiver = _Receiver(wanted)
+def _retrieve_by_get(
+    requested: _RequestedInstance, calling_aet: str, timeouts: Timeouts
+):
+    server = requested.server
+    sop_class = requested.instance.sop_class_uid
+    receiver = _Receiver(requested)
     contexts = [
         build_context(StudyRootQueryRetrieveInformationModelGet),
         _storage_context(sop_class),
@@ -445,7 +451,7 @@ def _retrieve_by_get(wanted: _Wanted, calling_aet: str, timeouts: Timeouts):
     )
     try:
         responses = assoc.send_c_get(
-            wanted.identifier(), StudyRootQueryRetrieveInformationModelGet
+            requested.identifier(), StudyRootQueryRetrieveInformationModelGet
         )
         _final_status(responses, server, "C-GET", QR_GET_SERVICE_CLASS_STATUS)
     finally:
@@ -454,11 +460,11 @@ def _retrieve_by_get(wanted: _Wanted, calling_aet: str, timeouts: Timeouts):
     return _received(receiver, server, "C-GET")
 
 
-def _retrieve_by_move(wanted, calling_aet, move_port, bind_address, timeouts):
-    server = wanted.server
-    receiver = _Receiver(wanted, _resolve_addresses(server.host))
+def _retrieve_by_move(requested, calling_aet, move_port, bind_address, timeouts):
+    server = requested.server
+    receiver = _Receiver(requested, _resolve_addresses(server.host))
     scp = _make_ae(calling_aet, timeouts)
-    scp.add_supported_context(wanted.instance.sop_class_uid, ALL_TRANSFER_SYNTAXES)
+    scp.add_supported_context(requested.instance.sop_class_uid, ALL_TRANSFER_SYNTAXES)
     scp.require_calling_aet = [server.called_aet]
     try:
         listener = scp.start_server(
@@ -484,7 +490,7 @@ def _retrieve_by_move(wanted, calling_aet, move_port, bind_address, timeouts):
         )
         try:
             responses = assoc.send_c_move(
-                wanted.identifier(),
+                requested.identifier(),
                 calling_aet,
                 StudyRootQueryRetrieveInformationModelMove,
             )
@@ -543,7 +549,7 @@ def _received(receiver: _Receiver, server: Server, operation: str) -> Dataset:
     if receiver.dataset is None:
         raise NetworkError(
             f"{operation} from {server.describe()} finished, but the requested "
-            f"instance {receiver.wanted.instance.sop_instance_uid} did not arrive. "
+            f"instance {receiver.requested.instance.sop_instance_uid} did not arrive. "
             "Check the server's log."
         )
     return receiver.dataset

@@ -56,7 +56,7 @@ def test_echo_refused_names_server():
 
 
 def test_echo_silent_server_times_out():
-    """C-ECHO to a server that never answers reports a timeout."""
+    """C-ECHO to a server that never responds reports a timeout."""
     listener = SilentListener()
     try:
         result = echo(server_for(listener.port, "SILENT"), timeouts=SHORT)
@@ -68,7 +68,7 @@ def test_echo_silent_server_times_out():
 
 
 def test_echo_rejected_gives_reason(scp_factory):
-    """C-ECHO to an SCP that knows another calling AE title reports the rejection."""
+    """C-ECHO to an SCP that accepts another calling AE title reports the rejection."""
     scp = scp_factory(require_calling_aet=["SOMEONEELSE"])
     result = echo(server_for(scp.port, scp.aet), calling_aet="MEDIA2DICOM")
     assert not result.ok
