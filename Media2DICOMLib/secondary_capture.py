@@ -216,20 +216,13 @@ def write_secondary_capture(
         first = next(loaders)()
     except StopIteration:
         raise ImageInputError("No frames were given; pass at least one image.")
-    if (count or 0) > 1 and frame_time_ms is None:
+    single, loaders = _is_single_frame(count, loaders)
+    if not single and frame_time_ms is None:
+        given = f"{count} frames were" if count else "Several frames were"
         raise ImageInputError(
-            f"{count} frames were given without a frame time. Give a frame rate "
-            "for a cine, or write the images as separate stills."
+            f"{given} given without a frame time. Give a frame rate for a cine, "
+            "or write the images as separate stills."
         )
-
-    if count is None:
-        # Peek at the next frame so a one-frame generator counts as a still.
-        following = next(loaders, None)
-        if following is not None:
-            loaders = itertools.chain([following], loaders)
-        single = following is None
-    else:
-        single = count == 1
     if chroma_subsampling is None:
         # NOTE: 4:2:2 cine frames of strongly saturated colour ramps measured
         # 39.8 dB PSNR at quality 90. Pass "444" when colour edges matter more
@@ -252,14 +245,9 @@ def write_secondary_capture(
             workers,
             report,
         )
-        if frame_time_ms is None and spooled.count > 1:
-            raise ImageInputError(
-                f"{spooled.count} frames were given without a frame time. Give a "
-                "frame rate for a cine, or write the images as separate stills."
-            )
         if count is not None and spooled.count != count:
             LOGGER.warning(
-                "Expected %d frames but got %d; the object has %d",
+                "Expected %d frames but got %d, so Number of Frames is %d",
                 count,
                 spooled.count,
                 spooled.count,
@@ -280,7 +268,7 @@ def write_secondary_capture(
             reference_source=reference_source_instances and not is_video,
             pixel_aspect_ratio=getattr(frames, "pixel_aspect_ratio", None),
         )
-        warnings = _write_object(
+        size_warnings = _write_object(
             dataset,
             spooled,
             encoder,
@@ -306,7 +294,7 @@ def write_secondary_capture(
         transfer_syntax_uid=str(encoder.transfer_syntax_uid),
         number_of_frames=spooled.count,
         size_bytes=size,
-        warnings=tuple(warnings),
+        warnings=tuple(size_warnings),
     )
 
 
@@ -408,19 +396,10 @@ def decompress_to_explicit_little(path_in, path_out) -> Path:
             with open(partial, "wb") as out:
                 save_dataset(dataset, out, ExplicitVRLittleEndian)
                 out.write(_native_pixel_data_header(total))
-                for index, spans in enumerate(frame_spans):
-                    data = b"".join(_read_span(stream, span) for span in spans)
-                    pixels = decode_frame(data, transfer_syntax)
-                    expected = (
-                        (rows, columns, samples) if samples > 1 else (rows, columns)
-                    )
-                    if pixels.shape != expected or pixels.dtype != np.uint8:
-                        raise Media2DICOMError(
-                            f"Frame {index + 1} of {path_in} decodes to "
-                            f"{pixels.shape} {pixels.dtype}, but the header says "
-                            f"{expected} uint8."
-                        )
-                    out.write(np.ascontiguousarray(pixels).tobytes())
+                shape = (rows, columns, samples) if samples > 1 else (rows, columns)
+                _write_decoded_frames(
+                    out, stream, frame_spans, transfer_syntax, shape, path_in
+                )
                 if total % 2:
                     out.write(b"\x00")
             os.replace(partial, path_out)
@@ -483,14 +462,16 @@ class _Spooled:
 
     lengths: List[int] = field(default_factory=list)
     frame_steps: List[Tuple[LossyStep, ...]] = field(default_factory=list)
+    data_bytes: int = 0
 
     @property
     def count(self) -> int:
         return len(self.lengths)
 
-    @property
-    def data_bytes(self) -> int:
-        return sum(self.lengths)
+    def append(self, length: int, steps: Tuple[LossyStep, ...]) -> None:
+        self.lengths.append(length)
+        self.frame_steps.append(steps)
+        self.data_bytes += length
 
     def lossy_steps(self, layout: _FrameLayout, input_steps) -> List[LossyStep]:
         """Combine the inputs' lossy steps with this encoding's step, in order."""
@@ -532,6 +513,20 @@ def _frame_loaders(frames, background) -> Tuple[Optional[int], Iterator[Callable
     return None, lazy()
 
 
+def _is_single_frame(count: Optional[int], loaders: Iterator) -> Tuple[bool, Iterator]:
+    """Return whether the first frame is the only one, and the remaining loaders.
+
+    When the count is unknown the next loader is taken to find out, and it is
+    put back in front of the loaders that are returned.
+    """
+    if count is not None:
+        return count == 1, loaders
+    following = next(loaders, None)
+    if following is None:
+        return True, loaders
+    return False, itertools.chain([following], loaders)
+
+
 def _is_single_image(value) -> bool:
     from PIL import Image
 
@@ -564,8 +559,7 @@ def _spool_frames(
 
     def store(data: bytes, steps) -> None:
         spool.write(data)
-        spooled.lengths.append(len(data))
-        spooled.frame_steps.append(steps)
+        spooled.append(len(data), steps)
         if spooled.data_bytes > size_limit_bytes:
             raise ObjectTooLargeError(
                 _too_large_message(
@@ -962,6 +956,20 @@ def _group_fragments(items, dataset: Dataset, stream, path: Path) -> List[list]:
             f"{len(groups)}."
         )
     return groups
+
+
+def _write_decoded_frames(out, stream, frame_spans, transfer_syntax, shape, path):
+    """Decode each frame's fragments and append its native pixels to ``out``."""
+    for index, spans in enumerate(frame_spans):
+        data = b"".join(_read_span(stream, span) for span in spans)
+        pixels = decode_frame(data, transfer_syntax)
+        if pixels.shape != shape or pixels.dtype != np.uint8:
+            raise Media2DICOMError(
+                f"Frame {index + 1} of {path} decodes to {pixels.shape} "
+                f"{pixels.dtype}, but Rows, Columns and Samples per Pixel give "
+                f"{shape} uint8."
+            )
+        out.write(np.ascontiguousarray(pixels).tobytes())
 
 
 def _read_span(stream, span: Tuple[int, int]) -> bytes:

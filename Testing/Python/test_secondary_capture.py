@@ -443,11 +443,11 @@ def test_several_frames_need_frame_time(tmp_path, ct_small):
 
 
 def test_generator_frames_need_frame_time(tmp_path, ct_small):
-    """A generator of several frames without a frame time is rejected after encoding."""
+    """A generator of several frames without a frame time is rejected at once."""
     source = read_source_series(ct_small)
     frames = (np.zeros((8, 8, 3), np.uint8) for _ in range(3))
 
-    with pytest.raises(ImageInputError, match="3 frames"):
+    with pytest.raises(ImageInputError, match="Several frames were given"):
         write_secondary_capture(source, frames, tmp_path / "cine.dcm", SeriesInfo())
     assert list(tmp_path.iterdir()) == []
 
