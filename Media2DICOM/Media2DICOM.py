@@ -163,6 +163,8 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.sendTimer = None
         self.backgroundTasks = []
         self.views = []
+        self.editedSegmentColors = {}
+        self.editedSegmentOpacities = {}
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
@@ -273,7 +275,9 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onQuery(self):
         serverName = self.ui.queryServerComboBox.currentText
         if not serverName:
-            self.showError("Add a server first: the query searches a saved server.")
+            self.showError(
+                "Add a server first, because the query searches saved servers."
+            )
             return
         patientId = self.ui.queryPatientIdLineEdit.text.strip()
         accession = self.ui.queryAccessionLineEdit.text.strip()
@@ -338,8 +342,34 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Content
 
     def onSegmentationChanged(self, segmentationNode):
+        # Colour and opacity edits belong to one segmentation's segment IDs.
+        self.editedSegmentColors = {}
+        self.editedSegmentOpacities = {}
+        self.removeObservers(self.onSegmentsChanged)
+        if segmentationNode is not None:
+            segmentation = segmentationNode.GetSegmentation()
+            for event in (
+                slicer.vtkSegmentation.SegmentAdded,
+                slicer.vtkSegmentation.SegmentRemoved,
+                slicer.vtkSegmentation.SegmentModified,
+            ):
+                self.addObserver(segmentation, event, self.onSegmentsChanged)
+        self.refreshSegments()
+
+    def onSegmentsChanged(self, caller=None, event=None):
+        # Painting sends many events, so the table is rebuilt once they stop.
+        qt.QTimer.singleShot(0, self.refreshSegments)
+
+    def refreshSegments(self):
+        """Rebuild the segment table, keeping ticks and the user's edits."""
         table = self.ui.segmentsTable
+        unticked = {
+            table.item(row, 0).data(qt.Qt.UserRole)
+            for row in range(table.rowCount)
+            if table.item(row, 0).checkState() != qt.Qt.Checked
+        }
         table.setRowCount(0)
+        segmentationNode = self.ui.segmentationSelector.currentNode()
         if segmentationNode is None:
             return
         segmentation = segmentationNode.GetSegmentation()
@@ -351,24 +381,34 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             nameItem = qt.QTableWidgetItem(segment.GetName())
             nameItem.setData(qt.Qt.UserRole, segmentId)
             nameItem.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsUserCheckable)
-            nameItem.setCheckState(qt.Qt.Checked)
+            nameItem.setCheckState(
+                qt.Qt.Unchecked if segmentId in unticked else qt.Qt.Checked
+            )
             table.setItem(row, 0, nameItem)
 
+            color = self.editedSegmentColors.get(segmentId, list(segment.GetColor()))
             colorItem = qt.QTableWidgetItem("")
             colorItem.setFlags(qt.Qt.ItemIsEnabled)
-            colorItem.setData(qt.Qt.UserRole, list(segment.GetColor()))
-            colorItem.setBackground(qt.QBrush(self.qColor(segment.GetColor())))
+            colorItem.setData(qt.Qt.UserRole, color)
+            colorItem.setBackground(qt.QBrush(self.qColor(color)))
             colorItem.setToolTip("Double-click to change the exported colour.")
             table.setItem(row, 1, colorItem)
 
             opacity = 1.0
             if segmentationDisplayNode is not None:
                 opacity = segmentationDisplayNode.GetSegmentOpacity3D(segmentId)
+            opacity = self.editedSegmentOpacities.get(segmentId, opacity)
             opacitySpinBox = qt.QDoubleSpinBox()
             opacitySpinBox.setRange(0.0, 1.0)
             opacitySpinBox.setSingleStep(0.05)
             opacitySpinBox.setDecimals(2)
             opacitySpinBox.setValue(opacity)
+            opacitySpinBox.connect(
+                "valueChanged(double)",
+                lambda value, segmentId=segmentId: self.editedSegmentOpacities.update(
+                    {segmentId: value}
+                ),
+            )
             table.setCellWidget(row, 2, opacitySpinBox)
 
     def onSegmentCell(self, row, column):
@@ -377,8 +417,11 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         item = self.ui.segmentsTable.item(row, 1)
         color = qt.QColorDialog.getColor(self.qColor(item.data(qt.Qt.UserRole)))
         if color.isValid():
-            item.setData(qt.Qt.UserRole, [color.redF(), color.greenF(), color.blueF()])
+            rgb = [color.redF(), color.greenF(), color.blueF()]
+            item.setData(qt.Qt.UserRole, rgb)
             item.setBackground(qt.QBrush(color))
+            segmentId = self.ui.segmentsTable.item(row, 0).data(qt.Qt.UserRole)
+            self.editedSegmentColors[segmentId] = rgb
 
     def setAllSegmentsChecked(self, checked):
         state = qt.Qt.Checked if checked else qt.Qt.Unchecked
