@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
+import shutil
 import ssl
+import subprocess
 
 import pydicom
 import pytest
@@ -16,76 +16,97 @@ from Media2DICOMLib.network import Server, TLSOptions, echo, send_files
 from Media2DICOMLib.query import find, retrieve_source_series
 from Media2DICOMLib.source_study import read_source_series
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+OPENSSL = shutil.which("openssl")
+
+
+def openssl(*arguments, cwd) -> None:
+    subprocess.run(
+        [OPENSSL, *arguments], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
 
 
 class Authority:
-    """A test certificate authority that signs server and client certificates."""
+    """A test certificate authority, made with the openssl command line tool."""
 
     def __init__(self, folder, name: str) -> None:
         self.folder = folder
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.name = subject
-        self.certificate = (
-            self._builder(subject, self.key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(self.key, hashes.SHA256())
+        self.name = name
+        self.path = folder / f"{name}.pem"
+        self.key_path = folder / f"{name}.key"
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            self.key_path,
+            "-out",
+            self.path,
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=folder,
         )
-        self.path = self._write_certificate(f"{name}.pem", self.certificate)
-
-    def _builder(self, subject, public_key):
-        now = datetime.datetime.now(datetime.timezone.utc)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    def _write_certificate(self, file_name, certificate):
-        path = self.folder / file_name
-        path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        return path
 
     def issue(self, name: str, hosts=()):
         """Return (certificate path, key path) of a new leaf certificate."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = self._builder(subject, key.public_key()).add_extension(
-            x509.BasicConstraints(ca=False, path_length=None), True
-        )
-        if hosts:
-            names = [
-                (
-                    x509.IPAddress(ipaddress.ip_address(h))
-                    if h[0].isdigit()
-                    else x509.DNSName(h)
-                )
-                for h in hosts
-            ]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
-        certificate = builder.sign(self.key, hashes.SHA256())
-        certificate_path = self._write_certificate(f"{name}.pem", certificate)
         key_path = self.folder / f"{name}.key"
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+        request_path = self.folder / f"{name}.csr"
+        certificate_path = self.folder / f"{name}.pem"
+        extensions = self.folder / f"{name}.ext"
+        lines = ["basicConstraints=CA:FALSE"]
+        if hosts:
+            names = [f"IP:{h}" if h[0].isdigit() else f"DNS:{h}" for h in hosts]
+            lines.append("subjectAltName=" + ",".join(names))
+        extensions.write_text("\n".join(lines) + "\n")
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key_path,
+            "-out",
+            request_path,
+            "-subj",
+            f"/CN={name}",
+            cwd=self.folder,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            request_path,
+            "-CA",
+            self.path,
+            "-CAkey",
+            self.key_path,
+            "-CAcreateserial",
+            "-out",
+            certificate_path,
+            "-days",
+            "1",
+            "-extfile",
+            extensions,
+            cwd=self.folder,
         )
         return certificate_path, key_path
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
+    if OPENSSL is None:
+        pytest.skip("openssl is not installed (Debian package openssl)")
     folder = tmp_path_factory.mktemp("pki")
     authority = Authority(folder, "test-ca")
     server_cert, server_key = authority.issue("orthanc", ("127.0.0.1", "localhost"))
