@@ -165,6 +165,7 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.views = []
         self.editedSegmentColors = {}
         self.editedSegmentOpacities = {}
+        self.pendingRefreshes = []
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self):
@@ -357,8 +358,7 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshSegments()
 
     def onSegmentsChanged(self, caller=None, event=None):
-        # Painting sends many events, so the table is rebuilt once they stop.
-        qt.QTimer.singleShot(0, self.refreshSegments)
+        self.scheduleRefresh(self.refreshSegments)
 
     def refreshSegments(self):
         """Rebuild the segment table, keeping ticks and the user's edits."""
@@ -429,9 +429,23 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentsTable.item(row, 0).setCheckState(state)
 
     def onSceneChanged(self, caller=None, event=None):
-        # Scene events arrive for every node, so the list is rebuilt once the
-        # current batch of events is processed.
-        qt.QTimer.singleShot(0, self.refreshModels)
+        self.scheduleRefresh(self.refreshModels)
+
+    def scheduleRefresh(self, refresh):
+        """Run ``refresh`` once after the pending events, however many asked for it.
+
+        Painting a segment or loading a scene sends an event per change, and
+        rebuilding a list for each would slow Slicer down.
+        """
+        if refresh in self.pendingRefreshes:
+            return
+        self.pendingRefreshes.append(refresh)
+
+        def run():
+            self.pendingRefreshes.remove(refresh)
+            refresh()
+
+        qt.QTimer.singleShot(0, run)
 
     def refreshModels(self):
         if self.ui is None:
