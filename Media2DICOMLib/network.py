@@ -44,6 +44,12 @@ WARNING = "warning"
 FAILURE = "failure"
 NOT_SENT = "not sent"
 
+# pynetdicom logs C-FIND, C-GET and C-MOVE identifiers (patient names and IDs)
+# at INFO. Patient data must not appear in logs above DEBUG, so the identifier
+# logs are switched off for the whole process.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
 # pynetdicom's send-from-file switch is a module global, so concurrent sends
 # in one process take turns changing it.
 _CHUNKED_SEND_LOCK = threading.Lock()

@@ -320,3 +320,16 @@ def test_send_raw_dataset_file(scp_factory, pdf_object, tmp_path):
     assert received.SOPInstanceUID == original.SOPInstanceUID
     assert received.StudyInstanceUID == original.StudyInstanceUID
     assert received.EncapsulatedDocument == original.EncapsulatedDocument
+
+
+def test_send_from_file_not_decoded(storescp, pdf_object, monkeypatch):
+    """A file with File Meta Information is streamed without decoding it."""
+    import pynetdicom.association
+
+    def fail_read(*args, **kwargs):
+        raise AssertionError("the dataset was decoded instead of streamed")
+
+    monkeypatch.setattr(pynetdicom.association, "dcmread", fail_read)
+    results = send_files(server_for(storescp.port, storescp.aet), [pdf_object])
+    assert results[0].category == "success"
+    assert len(list(storescp.folder.iterdir())) == 1

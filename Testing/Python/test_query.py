@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from Media2DICOMLib.errors import NetworkError
 from Media2DICOMLib.network import send_files
 from Media2DICOMLib.new_series import SeriesInfo, new_uid
 from Media2DICOMLib.query import (
+    _RequestedInstance,
     build_identifier,
     find,
     find_instances,
@@ -121,6 +123,41 @@ def test_find_series_and_images(pacs, local_source):
     assert [i.sop_class_uid for i in instances] == [
         i.sop_class_uid for i in local_source.instances
     ]
+
+
+def test_query_logs_no_patient_data(pacs, local_source, caplog):
+    """INFO logs of a C-FIND and a C-GET contain no patient name or ID."""
+    with caplog.at_level(logging.INFO):
+        find(pacs.server, "STUDY", MOVE_AET, patient_id="99000")
+        retrieve_source_series(
+            pacs.server,
+            local_source.study_instance_uid,
+            local_source.series_instance_uid,
+            calling_aet=MOVE_AET,
+        )
+    assert "C-FIND STUDY level" in caplog.text
+    assert "99000" not in caplog.text
+    assert str(local_source.header.PatientName) not in caplog.text
+
+
+def test_requested_instance_check(local_source):
+    """The retrieval SCP keeps only the requested instance of the requested study."""
+    server = Server(name="pacs", host="127.0.0.1", port=104, called_aet="PACS")
+    requested = _RequestedInstance(
+        server,
+        local_source.study_instance_uid,
+        local_source.series_instance_uid,
+        local_source.instances[0],
+    )
+    header = copy.deepcopy(local_source.header)
+    header.SOPInstanceUID = local_source.instances[0].sop_instance_uid
+    assert requested.check(header) is None
+    other_study = copy.deepcopy(header)
+    other_study.StudyInstanceUID = new_uid()
+    assert requested.check(other_study) == "it belongs to another study"
+    other_instance = copy.deepcopy(header)
+    other_instance.SOPInstanceUID = local_source.instances[1].sop_instance_uid
+    assert requested.check(other_instance) == "it is not the requested instance"
 
 
 def test_series_query_needs_study_uid():
