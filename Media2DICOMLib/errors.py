@@ -31,3 +31,7 @@ class NetworkError(Media2DICOMError):
 
 class SettingsError(Media2DICOMError):
     """The settings file or a value in it is invalid."""
+
+
+class EncodingError(Media2DICOMError):
+    """A frame cannot be encoded or decoded with the chosen transfer syntax."""

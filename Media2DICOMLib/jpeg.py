@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from pydicom.uid import UID
 
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import EncodingError
 from Media2DICOMLib.images import JPEG_LOSSY_METHOD
 
 LOGGER = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def transfer_syntax_from_name(value: str) -> UID:
 
     Raises
     ------
-    Media2DICOMError
+    EncodingError
         When the value is neither a known name nor a supported UID.
     """
     if value in TRANSFER_SYNTAX_NAMES:
@@ -104,7 +104,7 @@ def transfer_syntax_from_name(value: str) -> UID:
     if value in TRANSFER_SYNTAX_NAMES.values():
         return UID(value)
     names = ", ".join(TRANSFER_SYNTAX_NAMES)
-    raise Media2DICOMError(
+    raise EncodingError(
         f"Unsupported transfer syntax {value!r}. Use one of {names} or its UID."
     )
 
@@ -125,7 +125,7 @@ class FrameEncoder:
 
     def __post_init__(self) -> None:
         if self.chroma_subsampling not in CHROMA_SUBSAMPLINGS:
-            raise Media2DICOMError(
+            raise EncodingError(
                 f"Invalid chroma subsampling {self.chroma_subsampling!r}: use "
                 "'422' (half the chroma columns) or '444' (full chroma)."
             )
@@ -133,7 +133,7 @@ class FrameEncoder:
         uid = transfer_syntax_from_name(str(self.transfer_syntax_uid))
         object.__setattr__(self, "transfer_syntax_uid", uid)
         if self.is_lossy and not 1 <= int(self.quality) <= 100:
-            raise Media2DICOMError(
+            raise EncodingError(
                 f"Invalid JPEG quality {self.quality}: use an integer from 1 "
                 "(smallest) to 100 (best)."
             )
@@ -187,7 +187,7 @@ def decode_frame(data: bytes, transfer_syntax_uid: str) -> np.ndarray:
 
     Raises
     ------
-    Media2DICOMError
+    EncodingError
         When no installed decoder handles the frame, or the frame is damaged.
     """
     if transfer_syntax_uid in LOSSY_TRANSFER_SYNTAXES:
@@ -195,10 +195,10 @@ def decode_frame(data: bytes, transfer_syntax_uid: str) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as image:
                 return np.asarray(image.convert("RGB" if image.mode != "L" else "L"))
         except OSError as exc:
-            raise Media2DICOMError(f"Failed to decode a JPEG frame: {exc}") from exc
+            raise EncodingError(f"Failed to decode a JPEG frame: {exc}") from exc
     if transfer_syntax_uid in LOSSLESS_JPEG_TRANSFER_SYNTAXES:
         return _decode_lossless(data)
-    raise Media2DICOMError(
+    raise EncodingError(
         f"Transfer syntax {transfer_syntax_uid} is not a JPEG syntax this "
         "library decodes."
     )
@@ -257,7 +257,7 @@ def _encode_lossless(pixels: np.ndarray, predictor: int) -> bytes:
     marker = frame_process_marker(data)
     if marker != _SOF3:
         found = "none" if marker is None else hex(marker)
-        raise Media2DICOMError(
+        raise EncodingError(
             f"imagecodecs wrote a JPEG frame with frame marker {found} instead of "
             "SOF3 (lossless). Install imagecodecs built with libjpeg-turbo 3 or "
             "later, or choose another transfer syntax."
@@ -269,13 +269,13 @@ def _require_lossless_encoder() -> None:
     try:
         import imagecodecs
     except ImportError as exc:
-        raise Media2DICOMError(
+        raise EncodingError(
             "JPEG Lossless needs the imagecodecs package, which is not installed. "
             "Install it (pip install imagecodecs) or choose JPEG Baseline or "
             "Explicit VR Little Endian."
         ) from exc
     if not getattr(imagecodecs, "JPEG8", None) or not imagecodecs.JPEG8.available:
-        raise Media2DICOMError(
+        raise EncodingError(
             "The installed imagecodecs has no JPEG8 codec, which JPEG Lossless "
             "needs. Reinstall imagecodecs or choose another transfer syntax."
         )
@@ -290,20 +290,20 @@ def _decode_lossless(data: bytes) -> np.ndarray:
         try:
             return np.asarray(imagecodecs.jpeg8_decode(data))
         except Exception as exc:  # imagecodecs raises its own error types
-            raise Media2DICOMError(
+            raise EncodingError(
                 f"Failed to decode a lossless JPEG frame: {exc}"
             ) from exc
     try:
         from libjpeg import decode
     except ImportError as exc:
-        raise Media2DICOMError(
+        raise EncodingError(
             "Decoding JPEG Lossless needs imagecodecs or pylibjpeg-libjpeg, and "
             "neither is installed. Install one (pip install imagecodecs)."
         ) from exc
     try:
         return np.asarray(decode(data))
     except Exception as exc:  # libjpeg raises RuntimeError and others
-        raise Media2DICOMError(
+        raise EncodingError(
             f"Failed to decode a lossless JPEG frame: {exc}"
         ) from exc
 
@@ -337,7 +337,7 @@ def _replace_frame_marker(data: bytes, old: int, new: int) -> bytes:
     # two differ only in the limits SOF0 puts on precision and table count.
     position = _find_frame_marker(data)
     if position is None or data[position + 1] != old:
-        raise Media2DICOMError(
+        raise EncodingError(
             f"The JPEG encoder wrote an unexpected frame marker; expected {hex(old)}."
         )
     return data[: position + 1] + bytes([new]) + data[position + 2 :]
