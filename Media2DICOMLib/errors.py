@@ -35,3 +35,11 @@ class SettingsError(Media2DICOMError):
 
 class EncodingError(Media2DICOMError):
     """A frame cannot be encoded or decoded with the chosen transfer syntax."""
+
+
+class LabelMapError(Media2DICOMError):
+    """A label map or segmentation file is missing, unreadable or not oriented."""
+
+
+class PackageError(Media2DICOMError):
+    """A Python package an export needs is missing and was not installed."""

@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import LabelMapError
 from Media2DICOMLib.progress import Cancelled, ProgressCallback, progress_or_default
 
 LOGGER = logging.getLogger(__name__)
@@ -68,11 +68,6 @@ _STL_TRIANGLE = np.dtype(
     ]
 )
 
-
-class LabelMapError(Media2DICOMError):
-    """A label map or segmentation file is missing, unreadable or not oriented."""
-
-    # NOTE: belongs in Media2DICOMLib/errors.py with the rest of the family.
 
 
 @dataclass

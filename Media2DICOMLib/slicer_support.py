@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import Media2DICOMError, PackageError
 from Media2DICOMLib.progress import Cancelled
 
 LOGGER = logging.getLogger(__name__)
@@ -41,11 +41,6 @@ DEFAULT_SERIES_DESCRIPTIONS = {
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
-
-class PackageError(Media2DICOMError):
-    """A Python package an export needs is missing and was not installed."""
-
-    # NOTE: belongs in Media2DICOMLib/errors.py with the rest of the family.
 
 
 @dataclass(frozen=True)
