@@ -253,15 +253,16 @@ def _association_failure_reason(server, assoc, received, elapsed, timeouts) -> s
         connection_reason = _diagnose_connection(server, timeouts)
         if connection_reason:
             return connection_reason
+        # NOTE: a server that closes the connection late in the ACSE time
+        # limit is reported as timed out, because the two look alike here.
         if elapsed >= timeouts.acse * 0.9:
             return (
-                f"the server accepted the connection but sent no answer within "
+                f"the server accepted the connection but sent no response within "
                 f"{timeouts.acse:g} s (timed out)"
             )
-        return "the server closed the connection without answering"
+        return "the server closed the connection without a response"
     if assoc.is_aborted and not assoc.accepted_contexts:
-        rejected = [cx for cx in assoc.rejected_contexts]
-        if rejected or assoc.acceptor.primitive is not None:
+        if assoc.rejected_contexts or assoc.acceptor.primitive is not None:
             return (
                 f"{_NO_CONTEXTS} "
                 f"({_describe_contexts(assoc.requestor.requested_contexts)})"
