@@ -86,6 +86,15 @@ _KEYWORD_COLUMNS = tuple(
 _NUMBER_COLUMNS = [column for column, word in enumerate(_FACET_GRAMMAR) if word is None]
 _MAX_NUMBER_CHARS = 64
 
+# NaN and infinity spellings that Python's float() rejects: "-nan(ind)" from the
+# Microsoft C runtime since Visual Studio 2015, "1.#QNAN", "-1.#IND" and "1.#INF"
+# from older Microsoft runtimes (also with digits after them, as in "-1.#IND00"),
+# and "nan(...)" with a payload as C's strtod() accepts it. Exporters built with
+# these runtimes write them for the normal of a zero-area facet.
+_C_RUNTIME_NONFINITE = re.compile(
+    rb"[+-]?(?:nan\([0-9a-z_]*\)|1\.#(?:qnan|snan|ind|inf)[0-9e+-]*)", re.IGNORECASE
+)
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -787,9 +796,12 @@ class _AsciiParser:
             try:
                 self.values.append(float(token))
             except ValueError:
-                raise self._error(
-                    line_number, f"invalid number {_show_token(token)}"
-                ) from None
+                if not _C_RUNTIME_NONFINITE.fullmatch(token):
+                    raise self._error(
+                        line_number, f"invalid number {_show_token(token)}"
+                    ) from None
+                # A NaN normal is recomputed, and a NaN vertex is rejected below.
+                self.values.append(float("nan"))
             self.value_lines.append(line_number)
         elif token.lower() != expected:
             if self.step == 0:
