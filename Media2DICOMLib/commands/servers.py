@@ -51,6 +51,24 @@ def register(subparsers) -> None:
     remove.add_argument("name")
     remove.set_defaults(handler=run_remove)
 
+    local = actions.add_parser(
+        "local",
+        help="show or set this application's AE title, port, cache and size warning",
+    )
+    add_settings_argument(local)
+    local.add_argument("--ae-title", help="this application's AE title")
+    local.add_argument(
+        "--port", type=int, help="port of the C-MOVE storage SCP (the move destination)"
+    )
+    local.add_argument("--cache-directory", metavar="DIR", help="outbox and cache")
+    local.add_argument(
+        "--upload-warning-mb",
+        type=int,
+        metavar="MB",
+        help="warn before sending objects larger than this many megabytes",
+    )
+    local.set_defaults(handler=run_local)
+
     check = actions.add_parser("echo", help="check saved servers with C-ECHO")
     add_settings_argument(check)
     check.add_argument("names", nargs="*", help="servers to check (default: all)")
@@ -195,6 +213,25 @@ def run_remove(args) -> int:
     server = settings.remove_server(args.name)
     path = save_settings(settings, args.settings)
     print(f"Removed {server.name} from {path}.")
+    return EXIT_OK
+
+
+def run_local(args) -> int:
+    settings = load_settings(args.settings)
+    changed = False
+    for option in ("ae_title", "port", "cache_directory", "upload_warning_mb"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(settings, option, value)
+            changed = True
+    if changed:
+        path = save_settings(settings, args.settings)
+        print(f"Saved to {path}.")
+    print(f"AE title: {settings.ae_title}")
+    print(f"Port (C-MOVE destination): {settings.port}")
+    print(f"Cache directory: {settings.cache_path()}")
+    print(f"Upload-size warning: {settings.upload_warning_mb} MB")
+    print(f"Upload limit: {settings.upload_limit_mb} MB (fixed)")
     return EXIT_OK
 
 

@@ -456,3 +456,38 @@ def test_cli_echo_adhoc_server(home, orthanc, capsys):
     )
     assert code == EXIT_OK
     assert "succeeded" in capsys.readouterr().out
+
+
+def test_cli_local_settings(home, capsys):
+    """'servers local' shows and sets this application's own settings."""
+    path = home / "settings.json"
+    code = main(
+        [
+            "servers",
+            "local",
+            "--settings",
+            str(path),
+            "--ae-title",
+            "WORKSTATION",
+            "--port",
+            "11113",
+            "--cache-directory",
+            str(home / "cache"),
+            "--upload-warning-mb",
+            "512",
+        ]
+    )
+    assert code == EXIT_OK
+    output = capsys.readouterr().out
+    assert "AE title: WORKSTATION" in output
+    assert "Upload limit: 4000 MB (fixed)" in output
+    settings = load_settings(path)
+    assert settings.ae_title == "WORKSTATION"
+    assert settings.port == 11113
+    assert settings.cache_path() == home / "cache"
+    assert settings.upload_warning_mb == 512
+
+    code = main(["servers", "local", "--settings", str(path), "--port", "0"])
+    assert code == EXIT_ERROR
+    assert "outside 1 to 65535" in capsys.readouterr().err
+    assert load_settings(path).port == 11113
