@@ -318,6 +318,7 @@ def settings_from_dict(data: Any) -> Settings:
     _expect_type(data, dict, ())
     _reject_unknown(data, {f.name for f in fields(Settings)} | {"upload_limit_mb"}, ())
     settings = Settings()
+
     if "ae_title" in data:
         settings.ae_title = _checked(validate_ae_title, data["ae_title"], ("ae_title",))
     if "port" in data:
@@ -325,6 +326,26 @@ def settings_from_dict(data: Any) -> Settings:
     if data.get("cache_directory") is not None:
         _expect_type(data["cache_directory"], str, ("cache_directory",))
         settings.cache_directory = data["cache_directory"]
+    if "timeouts" in data:
+        settings.timeouts = _timeouts_from_dict(data["timeouts"], ("timeouts",))
+    _read_upload_sizes(data, settings)
+
+    servers = data.get("servers", [])
+    _expect_type(servers, list, ("servers",))
+    names = set()
+    for index, item in enumerate(servers):
+        server = _server_from_dict(item, ("servers", index))
+        if server.name in names:
+            raise _FieldError(
+                ("servers", index, "name"),
+                f"the server name {server.name!r} appears twice.",
+            )
+        names.add(server.name)
+        settings.servers.append(server)
+    return settings
+
+
+def _read_upload_sizes(data: dict, settings: Settings) -> None:
     if "upload_warning_mb" in data:
         value = data["upload_warning_mb"]
         _expect_type(value, int, ("upload_warning_mb",))
@@ -340,21 +361,6 @@ def settings_from_dict(data: Any) -> Settings:
             f"the upload limit is fixed at {UPLOAD_LIMIT_MB} MB, not "
             f"{data['upload_limit_mb']!r}.",
         )
-    if "timeouts" in data:
-        settings.timeouts = _timeouts_from_dict(data["timeouts"], ("timeouts",))
-    servers = data.get("servers", [])
-    _expect_type(servers, list, ("servers",))
-    names = set()
-    for index, item in enumerate(servers):
-        server = _server_from_dict(item, ("servers", index))
-        if server.name in names:
-            raise _FieldError(
-                ("servers", index, "name"),
-                f"the server name {server.name!r} appears twice.",
-            )
-        names.add(server.name)
-        settings.servers.append(server)
-    return settings
 
 
 def validate_ae_title(value: Any) -> str:
@@ -496,6 +502,7 @@ def _server_from_dict(data, field_path: tuple) -> Server:
     _expect_type(data["name"], str, field_path + ("name",))
     if not data["name"].strip():
         raise _FieldError(field_path + ("name",), "the server name is empty.")
+
     server = Server(
         name=data["name"].strip(),
         host=_checked(validate_host, data["host"], field_path + ("host",)),
@@ -504,21 +511,32 @@ def _server_from_dict(data, field_path: tuple) -> Server:
             validate_ae_title, data["called_aet"], field_path + ("called_aet",)
         ),
     )
-    for name in ("description", "dicomweb_url", "dicomweb_username"):
+    description = data.get("description")
+    if description is not None:
+        _expect_type(description, str, field_path + ("description",))
+        server.description = description
+    verified = data.get("verified", False)
+    _expect_type(verified, bool, field_path + ("verified",))
+    server.verified = verified
+
+    _read_dicomweb_fields(data, server, field_path)
+    server.tls = _tls_from_dict(data.get("tls"), field_path + ("tls",))
+    return server
+
+
+def _read_dicomweb_fields(data: dict, server: Server, field_path: tuple) -> None:
+    for name in ("dicomweb_url", "dicomweb_username", "dicomweb_secret_env"):
         value = data.get(name)
         if value is not None:
             _expect_type(value, str, field_path + (name,))
             setattr(server, name, value)
-    secret_env = data.get("dicomweb_secret_env")
-    if secret_env is not None:
-        _expect_type(secret_env, str, field_path + ("dicomweb_secret_env",))
-        server.dicomweb_secret_env = secret_env
     url = server.dicomweb_url
     if url is not None and not url.startswith(("http://", "https://")):
         raise _FieldError(
             field_path + ("dicomweb_url",),
             f"the DICOMweb URL {url!r} must start with http:// or https://.",
         )
+
     auth = data.get("dicomweb_auth", "none")
     if auth not in DICOMWEB_AUTH_METHODS:
         raise _FieldError(
@@ -537,11 +555,6 @@ def _server_from_dict(data, field_path: tuple) -> Server:
             field_path + ("dicomweb_username",),
             "basic authentication needs a user name.",
         )
-    verified = data.get("verified", False)
-    _expect_type(verified, bool, field_path + ("verified",))
-    server.verified = verified
-    server.tls = _tls_from_dict(data.get("tls"), field_path + ("tls",))
-    return server
 
 
 def _path_name(field_path: tuple) -> str:
