@@ -106,7 +106,13 @@ class StoreResult:
 
 
 @dataclass
-class _FileHeader:
+class FileHeader:
+    """SOP class, SOP instance and transfer syntax of one file, read from its header.
+
+    ``has_file_meta`` is False for raw dataset files, which are re-encoded when
+    sent instead of streamed.
+    """
+
     path: Path
     sop_class_uid: str
     sop_instance_uid: str
@@ -368,7 +374,7 @@ def _release(assoc) -> None:
         assoc.release()
 
 
-def read_file_header(path: Path) -> _FileHeader:
+def read_file_header(path: Path) -> FileHeader:
     """Read SOP class, SOP instance and transfer syntax of ``path`` cheaply.
 
     Files with File Meta Information are read from it alone. Files without
@@ -381,7 +387,7 @@ def read_file_header(path: Path) -> _FileHeader:
         meta = Dataset()
     keys = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
     if all(meta.get(k) for k in keys) and meta.get("TransferSyntaxUID"):
-        return _FileHeader(
+        return FileHeader(
             path,
             str(meta.MediaStorageSOPClassUID),
             str(meta.MediaStorageSOPInstanceUID),
@@ -404,7 +410,7 @@ def read_file_header(path: Path) -> _FileHeader:
         )
     implicit = dataset.is_implicit_VR if dataset.is_implicit_VR is not None else True
     syntax = pydicom.uid.ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    return _FileHeader(path, sop_class_uid, sop_instance_uid, str(syntax), False)
+    return FileHeader(path, sop_class_uid, sop_instance_uid, str(syntax), False)
 
 
 def collect_files(paths: Iterable) -> list:
@@ -517,7 +523,7 @@ def _report(report, results, result, total, server) -> None:
     )
 
 
-def _contexts_for(header: _FileHeader, allow_fallback: bool) -> list:
+def _contexts_for(header: FileHeader, allow_fallback: bool) -> list:
     """Return the (SOP class, transfer syntax) pairs to propose for ``header``."""
     pairs = [(header.sop_class_uid, header.transfer_syntax_uid)]
     if allow_fallback and _is_jpeg(header.transfer_syntax_uid):
@@ -590,7 +596,7 @@ def _send_batch(server, batch, calling_aet, timeouts, allow_fallback, on_result)
     return results
 
 
-def _not_sent(header: _FileHeader, reason: str) -> StoreResult:
+def _not_sent(header: FileHeader, reason: str) -> StoreResult:
     return StoreResult(
         path=header.path,
         sop_class_uid=header.sop_class_uid,
@@ -610,7 +616,7 @@ def _accepted_syntaxes(assoc, sop_class_uid: str) -> list:
     ]
 
 
-def _store_one(assoc, server: Server, header: _FileHeader, allow_fallback: bool):
+def _store_one(assoc, server: Server, header: FileHeader, allow_fallback: bool):
     accepted = _accepted_syntaxes(assoc, header.sop_class_uid)
     if header.transfer_syntax_uid in accepted:
         syntax = header.transfer_syntax_uid
@@ -641,7 +647,7 @@ def _store_one(assoc, server: Server, header: _FileHeader, allow_fallback: bool)
     return _store_result(server, header, syntax, status)
 
 
-def _dataset_with_meta(header: _FileHeader) -> Dataset:
+def _dataset_with_meta(header: FileHeader) -> Dataset:
     """Read a file that lacks File Meta Information and give it some.
 
     pynetdicom needs the transfer syntax of a dataset to choose its context,
