@@ -7,6 +7,7 @@ Instance Sequence. Only headers are read: pixel data is never loaded.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections import Counter
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import pydicom
+import pydicom.charset
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -73,6 +76,21 @@ TYPE2_KEYWORDS = (
     "ReferringPhysicianName",
     "StudyID",
     "AccessionNumber",
+)
+
+# Attributes of the source header that the writers read besides the Patient and
+# Study ones. Each is decoded once by read_source_series, so a damaged value
+# raises SourceStudyError there, not a pydicom error in a writer.
+_USED_KEYWORDS = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "BodyPartExamined",
+    "Laterality",
 )
 
 # Tags read from every file while scanning a folder; the chosen series' first
@@ -239,9 +257,10 @@ def read_source_series(
 
     first_path = members[0][0]
     try:
-        header = pydicom.dcmread(first_path, stop_before_pixels=True, force=True)
+        header = _read_dataset(first_path)
     except Exception as exc:  # pydicom raises many types on damaged files
         raise SourceStudyError(f"Failed to read the DICOM file {first_path}: {exc}")
+    _check_header(header, first_path)
 
     instances = [
         SourceInstance(
@@ -272,8 +291,8 @@ def summarize_series(headers: Iterable[Dataset]) -> list:
     return [
         SeriesSummary(
             series_instance_uid=uid,
-            study_instance_uid=str(firsts[uid].get("StudyInstanceUID", "")),
-            modality=str(firsts[uid].get("Modality", "") or ""),
+            study_instance_uid=_decoded_text(firsts[uid], "StudyInstanceUID"),
+            modality=_decoded_text(firsts[uid], "Modality"),
             series_description=_decoded_text(firsts[uid], "SeriesDescription"),
             instance_count=counts[uid],
         )
@@ -315,12 +334,45 @@ def _iter_files(paths: Iterable[Path]):
             )
 
 
+class _BoundedReader(io.BufferedReader):
+    """A file reader that never reads past the end of the file.
+
+    pydicom 2.4 and 3.0 call read() with the length written in the element, and
+    Python allocates that many bytes first. A damaged length of 0xFFFFFFF0 in a
+    small file would then allocate 4 GiB, so each read is cut to what is left.
+    """
+
+    def __init__(self, raw, size: int) -> None:
+        super().__init__(raw)
+        self.size = size
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(0, self.size - self.tell()))
+        return super().read(size)
+
+
+def _read_dataset(path: Path, specific_tags: Optional[list] = None) -> Dataset:
+    """Read the header of ``path`` without pixel data, accepting odd files.
+
+    Some writers omit the 128-byte preamble but keep the "DICM" prefix, which
+    pydicom would take for a data element, so such a file gets a blank preamble.
+    """
+    with _BoundedReader(io.FileIO(path), os.path.getsize(path)) as file:
+        if file.read(4) == b"DICM":
+            source = io.BytesIO(bytes(128) + b"DICM" + file.read())
+        else:
+            file.seek(0)
+            source = file
+        return pydicom.dcmread(
+            source, stop_before_pixels=True, force=True, specific_tags=specific_tags
+        )
+
+
 def _read_scan_header(path: Path) -> Optional[Dataset]:
     """Read the scan tags of one file, or return None when it is not DICOM."""
     try:
-        header = pydicom.dcmread(
-            path, stop_before_pixels=True, force=True, specific_tags=_SCAN_TAGS
-        )
+        header = _read_dataset(path, _SCAN_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         LOGGER.debug("Skipped %s: %s", path, exc)
         return None
@@ -336,6 +388,54 @@ def _read_scan_header(path: Path) -> Optional[Dataset]:
         LOGGER.debug("Skipped %s: %s", path, exc)
         return None
     return header
+
+
+def _check_header(header: Dataset, path: Path) -> None:
+    """Decode every attribute the writers copy, so damage shows here.
+
+    pydicom converts a value when it is first read and checks it again when it
+    is copied, so a damaged value would otherwise fail later in a writer. An
+    invalid optional attribute (such as Patient's Weight "70,5") is removed
+    with a warning. An invalid Type 2 attribute or UID raises SourceStudyError.
+    Neither message shows the value, because it may be patient data.
+    """
+    for keyword in PATIENT_STUDY_KEYWORDS + _USED_KEYWORDS:
+        try:
+            if keyword in header:
+                # A copy validates the value the way patient_study_dataset does.
+                element = header[keyword]
+                str(DataElement(element.tag, element.VR, element.value).value)
+        except Exception as exc:  # pydicom raises many types on damaged values
+            if keyword in TYPE2_KEYWORDS or keyword in _USED_KEYWORDS:
+                raise SourceStudyError(
+                    f"The DICOM file {path} has an invalid {keyword} value that "
+                    f"cannot be decoded ({type(exc).__name__}), so new objects "
+                    "cannot copy it. Choose another source series or repair the "
+                    "file."
+                ) from exc
+            del header[keyword]
+            LOGGER.warning(
+                "The DICOM file %s has an invalid %s value (%s); new objects "
+                "leave it out",
+                path,
+                keyword,
+                type(exc).__name__,
+            )
+
+    charset = header.get("SpecificCharacterSet")
+    charsets = [charset] if isinstance(charset, str) else list(charset or [])
+    unknown = [
+        name
+        for name in charsets
+        if name and name not in pydicom.charset.python_encoding
+    ]
+    if unknown:
+        LOGGER.warning(
+            "The DICOM file %s has the unknown Specific Character Set %s; its text "
+            "is decoded with pydicom's default (ISO 8859-1)",
+            path,
+            "\\".join(unknown),
+        )
 
 
 def _instance_number(header: Dataset) -> Optional[int]:
