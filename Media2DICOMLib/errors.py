@@ -43,3 +43,7 @@ class LabelMapError(Media2DICOMError):
 
 class PackageError(Media2DICOMError):
     """A Python package an export needs is missing and was not installed."""
+
+
+class OutboxError(Media2DICOMError):
+    """An outbox entry is missing or its state file is damaged."""

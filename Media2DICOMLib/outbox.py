@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from Media2DICOMLib.errors import Media2DICOMError, NetworkError
+from Media2DICOMLib.errors import NetworkError, OutboxError
 from Media2DICOMLib.network import (
     DEFAULT_CALLING_AET,
     StoreResult,
@@ -42,10 +42,6 @@ LOGGER = logging.getLogger(__name__)
 OUTBOX_FOLDER_NAME = "outbox"
 # Transports of an entry: C-STORE, or STOW-RS to the server's DICOMweb URL.
 TRANSPORTS = ("dimse", "dicomweb")
-
-
-class OutboxError(Media2DICOMError):
-    """An outbox entry is missing or its state file is damaged."""
 
 
 @dataclass

@@ -253,7 +253,7 @@ def load_settings(path: Optional[PathLike] = None) -> Settings:
             f"column {exc.colno}: {exc.msg}. Fix or remove the file."
         )
     try:
-        return settings_from_dict(data)
+        settings = settings_from_dict(data)
     except _FieldError as exc:
         line = _line_of_field(_locate_lines(text), exc.field_path)
         where = f"line {line}, " if line else ""
@@ -261,6 +261,28 @@ def load_settings(path: Optional[PathLike] = None) -> Settings:
             f"Invalid settings file {path} ({where}field {_path_name(exc.field_path)}): "
             f"{exc.message} Fix the value or remove the file."
         )
+    _warn_unresolved_hosts(settings, path, text)
+    return settings
+
+
+def _warn_unresolved_hosts(settings: Settings, path: Path, text: str) -> None:
+    """Log each saved server whose host name the local resolver cannot find."""
+    for index, server in enumerate(settings.servers):
+        try:
+            validate_host(server.host)
+        except ValueError as exc:
+            field_path = ("servers", index, "host")
+            line = _line_of_field(_locate_lines(text), field_path)
+            where = f"line {line}, " if line else ""
+            LOGGER.warning(
+                "Settings file %s (%sfield %s): %s Server %r stays in the list, but "
+                "echo and send to it fail until the name resolves.",
+                path,
+                where,
+                _path_name(field_path),
+                exc,
+                server.name,
+            )
 
 
 def save_settings(settings: Settings, path: Optional[PathLike] = None) -> Path:
@@ -334,7 +356,9 @@ def settings_from_dict(data: Any) -> Settings:
     _expect_type(servers, list, ("servers",))
     names = set()
     for index, item in enumerate(servers):
-        server = _server_from_dict(item, ("servers", index))
+        # Host names are resolved by load_settings, which only warns, so a
+        # laptop away from the hospital network can still read its settings.
+        server = _server_from_dict(item, ("servers", index), resolve_host=False)
         if server.name in names:
             raise _FieldError(
                 ("servers", index, "name"),
@@ -393,11 +417,18 @@ def validate_port(value: Any) -> int:
     return value
 
 
-def validate_host(value: Any) -> str:
-    """Return ``value`` when the local resolver finds an address for it."""
+def validate_host(value: Any, resolve: bool = True) -> str:
+    """Return ``value`` when it is a host name or address.
+
+    With ``resolve`` the local resolver must also find an address for it.
+    """
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"the host must be a name or address, not {value!r}.")
     host = value.strip()
+    if any(character.isspace() for character in host):
+        raise ValueError(f"the host {host!r} contains white space.")
+    if not resolve:
+        return host
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -493,7 +524,7 @@ def _tls_from_dict(data, field_path: tuple) -> Optional[TLSOptions]:
     return options
 
 
-def _server_from_dict(data, field_path: tuple) -> Server:
+def _server_from_dict(data, field_path: tuple, resolve_host: bool = True) -> Server:
     _expect_type(data, dict, field_path)
     _reject_unknown(data, {f.name for f in fields(Server)}, field_path)
     for required in ("name", "host", "port", "called_aet"):
@@ -505,7 +536,11 @@ def _server_from_dict(data, field_path: tuple) -> Server:
 
     server = Server(
         name=data["name"].strip(),
-        host=_checked(validate_host, data["host"], field_path + ("host",)),
+        host=_checked(
+            lambda value: validate_host(value, resolve=resolve_host),
+            data["host"],
+            field_path + ("host",),
+        ),
         port=_checked(validate_port, data["port"], field_path + ("port",)),
         called_aet=_checked(
             validate_ae_title, data["called_aet"], field_path + ("called_aet",)

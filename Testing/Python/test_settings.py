@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import sys
 from pathlib import Path
@@ -243,8 +244,8 @@ def test_duplicate_server_names_rejected(home):
         load_settings(path)
 
 
-def test_unresolvable_host_rejected(home, monkeypatch):
-    """A host the local resolver cannot find is rejected."""
+def test_unresolvable_host_warned_on_load(home, monkeypatch, caplog):
+    """A saved host that does not resolve is reported with its line, not fatal."""
 
     # The resolver is replaced so the test sends no DNS query anywhere.
     def fail(host, *args, **kwargs):
@@ -253,8 +254,27 @@ def test_unresolvable_host_rejected(home, monkeypatch):
     monkeypatch.setattr(settings_module.socket, "getaddrinfo", fail)
     server = {"name": "main", "host": "pacs.example", "port": 104, "called_aet": "P"}
     path = write_settings(home / "settings.json", {"servers": [server]})
-    with pytest.raises(SettingsError, match=r"servers\[0\]\.host.*does not resolve"):
-        load_settings(path)
+
+    with caplog.at_level(logging.WARNING, logger="Media2DICOMLib.settings"):
+        settings = load_settings(path)
+
+    assert settings.servers[0].host == "pacs.example"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("servers[0].host" in w and "does not resolve" in w for w in warnings)
+    assert any("line " in w for w in warnings)
+
+
+def test_unresolvable_host_rejected_on_add(monkeypatch):
+    """Adding a server whose host does not resolve raises."""
+
+    def fail(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(settings_module.socket, "getaddrinfo", fail)
+    server = settings_module.Server("main", "pacs.example", 104, "PACS")
+
+    with pytest.raises(SettingsError, match="does not resolve"):
+        settings_module.validate_server(server)
 
 
 def test_invalid_file_not_replaced(home):
