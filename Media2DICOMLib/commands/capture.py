@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from Media2DICOMLib.color import parse_color, rgb_bytes
-from Media2DICOMLib.commands.encapsulate import add_source_arguments
+from Media2DICOMLib.commands.source_and_send import (
+    add_send_arguments,
+    add_settings_option,
+    add_source_arguments,
+    send_if_requested,
+    source_from_args,
+)
 from Media2DICOMLib.errors import Media2DICOMError
 from Media2DICOMLib.jpeg import DEFAULT_QUALITY, TRANSFER_SYNTAX_NAMES
 from Media2DICOMLib.progress import TerminalProgress
@@ -35,6 +41,8 @@ def register(subparsers) -> None:
         help="PNG, JPEG, BMP or TIFF files, or folders of them (numeric order)",
     )
     add_source_arguments(parser)
+    add_send_arguments(parser)
+    add_settings_option(parser)
 
     parser.add_argument(
         "--video",
@@ -131,15 +139,9 @@ def run(args) -> int:
         write_secondary_capture,
         write_stills,
     )
-    from Media2DICOMLib.source_study import read_source_series
-
     mode = _check_mode(args)
     options = _writer_options(args, MIB)
-    source = read_source_series(
-        args.source,
-        series_instance_uid=args.series_uid,
-        accession_number=args.accession_number,
-    )
+    source = source_from_args(args)
     default_description = {"stills": "Screenshots", "cine": "Cine", "video": "Video"}
     series = SeriesInfo(
         series_number=args.series_number,
@@ -180,7 +182,7 @@ def run(args) -> int:
             f"{item.path}  {item.number_of_frames} frame(s)  "
             f"{item.size_bytes / MIB:.1f} MiB"
         )
-    return 0
+    return send_if_requested(args, [item.path for item in written])
 
 
 def _check_mode(args) -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from Media2DICOMLib.color import parse_color
+from Media2DICOMLib.commands.source_and_send import (
+    add_send_arguments,
+    add_settings_option,
+    add_source_arguments,
+    send_if_requested,
+    source_from_args,
+)
 from Media2DICOMLib.errors import Media2DICOMError
 from Media2DICOMLib.new_series import SeriesInfo
 from Media2DICOMLib.progress import TerminalProgress
@@ -25,6 +31,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("stl", nargs="+", type=Path, help="binary or ASCII STL files")
     add_source_arguments(parser)
+    add_send_arguments(parser)
+    add_settings_option(parser)
     parser.add_argument(
         "-o",
         "--output",
@@ -86,31 +94,8 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options that choose the source series."""
-    parser.add_argument(
-        "-s",
-        "--source",
-        required=True,
-        type=Path,
-        action="append",
-        help="DICOM file or folder of the source series (folders are searched "
-        "recursively); repeatable",
-    )
-    parser.add_argument(
-        "--series-uid",
-        help="Series Instance UID of the source series when the source holds "
-        "several",
-    )
-    parser.add_argument(
-        "--accession-number",
-        help="Accession Number to write in place of the source's",
-    )
-
-
 def run(args) -> int:
     from Media2DICOMLib.encapsulated_stl import ModelSpec, encapsulate_models
-    from Media2DICOMLib.source_study import read_source_series
 
     names = _keyed_values(args.name, "--name", str)
     colors = _keyed_values(args.color, "--color", parse_color)
@@ -124,11 +109,7 @@ def run(args) -> int:
                 f"files ({', '.join(sorted(stems))})."
             )
 
-    source = read_source_series(
-        args.source,
-        series_instance_uid=args.series_uid,
-        accession_number=args.accession_number,
-    )
+    source = source_from_args(args)
     specs = [
         ModelSpec(
             path,
@@ -153,7 +134,7 @@ def run(args) -> int:
         progress=TerminalProgress(),
     )
     print_written(paths)
-    return 0
+    return send_if_requested(args, paths)
 
 
 def print_written(paths) -> None:

@@ -157,22 +157,39 @@ def run_send(args) -> int:
     settings = settings_from_args(args)
     server = server_from_args(args, settings)
     calling_aet = calling_aet_from_args(args, settings)
-    files = collect_files(args.paths)
+    results = send_through_outbox(
+        settings,
+        server,
+        collect_files(args.paths),
+        calling_aet,
+        allow_uncompressed_fallback=args.uncompressed_fallback,
+        transport="dicomweb" if args.dicomweb else "dimse",
+    )
+    return print_results(results)
+
+
+def send_through_outbox(
+    settings: Settings,
+    server: Server,
+    files,
+    calling_aet: str,
+    allow_uncompressed_fallback: bool = True,
+    transport: str = "dimse",
+) -> list:
+    """Warn about large files, then send them through the outbox."""
     for path in files:
         warning = settings.check_upload_size(path)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-
-    results = Outbox(settings.cache_path()).send_files(
+    return Outbox(settings.cache_path()).send_files(
         server,
         files,
         calling_aet=calling_aet,
         timeouts=settings.timeouts,
         progress=TerminalProgress(),
-        allow_uncompressed_fallback=args.uncompressed_fallback,
-        transport="dicomweb" if args.dicomweb else "dimse",
+        allow_uncompressed_fallback=allow_uncompressed_fallback,
+        transport=transport,
     )
-    return print_results(results)
 
 
 def print_results(results) -> int:
