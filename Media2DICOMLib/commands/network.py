@@ -32,7 +32,12 @@ LOGGER = logging.getLogger(__name__)
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "echo", help="check a DICOM server with C-ECHO", description=__doc__
+        "echo",
+        help="check a DICOM server with C-ECHO",
+        description=(
+            "Check a DICOM server with C-ECHO and print the round-trip time, or "
+            "why it failed (refused, rejected with the server's reason, timed out)."
+        ),
     )
     add_settings_argument(parser)
     add_server_arguments(parser)
