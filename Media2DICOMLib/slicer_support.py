@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -437,12 +438,19 @@ def _write_models(source, export, result, options, color_text, progress) -> None
 
 
 def _write_stills(source, images, series, label, result, progress) -> None:
+    from Media2DICOMLib.images import image_files_in
     from Media2DICOMLib.secondary_capture import write_stills
 
+    # write_stills writes one object per file of a folder, so folders are
+    # expanded here to keep each description beside its own object.
+    expanded = []
+    for image in images:
+        is_folder = isinstance(image, (str, os.PathLike)) and Path(image).is_dir()
+        expanded.extend(image_files_in(Path(image)) if is_folder else [image])
     written = write_stills(
-        source, list(images), result.output_folder, series, progress=progress
+        source, expanded, result.output_folder, series, progress=progress
     )
-    for image, item in zip(images, written):
+    for image, item in zip(expanded, written):
         result.files.append(item.path)
         result.descriptions.append(f"{label} {Path(image).name}: {item.path.name}")
 

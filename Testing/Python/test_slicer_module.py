@@ -909,6 +909,24 @@ def test_write_export_description_override(ct_source, shared_data, tmp_path):
     assert int(dataset.SeriesNumber) == 902
 
 
+def test_write_export_folder_of_stills(ct_source, tmp_path):
+    """A folder of screenshots gives one object and one description per file."""
+    from PIL import Image
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for index, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (32, 24), colour).save(folder / f"view_{index + 1}.png")
+    export = slicer_support.ExportFiles(screenshots=[folder])
+
+    result = slicer_support.write_export(ct_source, export, tmp_path / "out")
+
+    assert len(result.files) == 3
+    assert len(result.descriptions) == 3
+    for index, description in enumerate(result.descriptions):
+        assert f"view_{index + 1}.png" in description
+
+
 def test_write_export_nothing_rejected(ct_source, tmp_path):
     with pytest.raises(Media2DICOMError, match="Nothing to export"):
         slicer_support.write_export(ct_source, slicer_support.ExportFiles(), tmp_path)
