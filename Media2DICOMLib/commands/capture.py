@@ -7,6 +7,7 @@ from pathlib import Path
 from Media2DICOMLib.color import parse_color, rgb_bytes
 from Media2DICOMLib.commands.source_and_send import (
     add_send_arguments,
+    check_send_target,
     add_settings_option,
     add_source_arguments,
     send_if_requested,
@@ -141,6 +142,7 @@ def run(args) -> int:
     )
     mode = _check_mode(args)
     options = _writer_options(args, MIB)
+    check_send_target(args)
     source = source_from_args(args)
     default_description = {"stills": "Screenshots", "cine": "Cine", "video": "Video"}
     series = SeriesInfo(

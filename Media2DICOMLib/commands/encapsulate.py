@@ -7,6 +7,7 @@ from pathlib import Path
 from Media2DICOMLib.color import parse_color
 from Media2DICOMLib.commands.source_and_send import (
     add_send_arguments,
+    check_send_target,
     add_settings_option,
     add_source_arguments,
     send_if_requested,
@@ -109,6 +110,7 @@ def run(args) -> int:
                 f"files ({', '.join(sorted(stems))})."
             )
 
+    check_send_target(args)
     source = source_from_args(args)
     specs = [
         ModelSpec(

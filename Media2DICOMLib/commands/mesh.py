@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from Media2DICOMLib.commands.source_and_send import (
+    add_send_arguments,
+    check_send_target,
+    add_settings_option,
+    add_source_arguments,
+    send_if_requested,
+    source_from_args,
+)
 from Media2DICOMLib.labelmap import DEFAULT_SMOOTHING_ITERATIONS
 from Media2DICOMLib.progress import TerminalProgress
 
@@ -49,23 +57,10 @@ def register(subparsers) -> None:
         f"(default: {DEFAULT_SMOOTHING_ITERATIONS})",
     )
 
-    # Encapsulation of the surfaces into the source study, when --source is given.
-    parser.add_argument(
-        "-s",
-        "--source",
-        type=Path,
-        action="append",
-        help="DICOM file or folder of the series the label map was drawn on; "
-        "when given, the surfaces are also encapsulated into its study; repeatable",
-    )
-    parser.add_argument(
-        "--series-uid",
-        help="Series Instance UID of the source series when the source holds several",
-    )
-    parser.add_argument(
-        "--accession-number",
-        help="Accession Number to write in place of the source's",
-    )
+    # Encapsulation of the surfaces into the source study, when a source is given.
+    add_source_arguments(parser)
+    add_send_arguments(parser)
+    add_settings_option(parser)
     parser.add_argument(
         "--dicom-output",
         type=Path,
@@ -94,6 +89,7 @@ def run(args) -> int:
         raise Media2DICOMError(
             f"--smoothing-iterations is {args.smoothing_iterations}; give 0 or more."
         )
+    check_send_target(args)
     surfaces = mesh_labelmap_file(
         args.labelmap,
         args.output,
@@ -112,22 +108,21 @@ def run(args) -> int:
             f"{color}  {surface.triangle_count} triangles"
         )
 
-    if args.source:
-        _encapsulate(args, surfaces)
+    if args.source or args.source_server:
+        return _encapsulate(args, surfaces)
+    if args.send:
+        raise Media2DICOMError(
+            "--send needs a source study: give --source or --source-server so the "
+            "surfaces are encapsulated first."
+        )
     return 0
 
 
-def _encapsulate(args, surfaces) -> None:
+def _encapsulate(args, surfaces) -> int:
     from Media2DICOMLib.commands.encapsulate import print_written
     from Media2DICOMLib.encapsulated_stl import ModelSpec, encapsulate_models
     from Media2DICOMLib.new_series import SeriesInfo
-    from Media2DICOMLib.source_study import read_source_series
-
-    source = read_source_series(
-        args.source,
-        series_instance_uid=args.series_uid,
-        accession_number=args.accession_number,
-    )
+    source = source_from_args(args)
     specs = [
         ModelSpec(surface.path, name=surface.name, color=surface.color, space="LPS")
         for surface in surfaces
@@ -144,3 +139,4 @@ def _encapsulate(args, surfaces) -> None:
         progress=TerminalProgress(),
     )
     print_written(paths)
+    return send_if_requested(args, paths)

@@ -107,6 +107,15 @@ def source_from_args(args):
     )
 
 
+def check_send_target(args) -> None:
+    """Fail before any work when ``--send`` names a server that is not saved."""
+    if not getattr(args, "send", None):
+        return
+    from Media2DICOMLib.settings import load_settings
+
+    load_settings(args.settings).server(args.send)
+
+
 def send_if_requested(args, paths) -> int:
     """Send ``paths`` to the ``--send`` server; return the command's exit code."""
     if not getattr(args, "send", None):

@@ -122,3 +122,20 @@ def test_source_server_needs_uids(tmp_path, capsys):
 
     assert status == cli.EXIT_ERROR
     assert "--study-uid and --series-uid" in capsys.readouterr().err
+
+
+def test_unknown_send_server_writes_nothing(tmp_path, ct_small, capsys):
+    """A --send server that is not saved stops the command before any output."""
+    settings_path, _ = write_settings(tmp_path, [])
+    stl = tmp_path / "m.stl"
+    stl.write_bytes(b"\0" * 80 + (1).to_bytes(4, "little") + b"\0" * 50)
+    output = tmp_path / "out"
+
+    status = cli.main(
+        ["encapsulate", "--settings", str(settings_path), "-s", str(ct_small),
+         "--send", "nowhere", "-o", str(output), str(stl)]
+    )
+
+    assert status == cli.EXIT_ERROR
+    assert "nowhere" in capsys.readouterr().err
+    assert not output.exists()
