@@ -19,7 +19,7 @@ import sys
 from typing import Optional, Sequence
 
 from Media2DICOMLib import __version__
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import Media2DICOMError, UsageError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -79,6 +79,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args) or EXIT_OK)
+    except UsageError as exc:
+        print(f"media2dicom {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except Media2DICOMError as exc:
         print(f"media2dicom: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

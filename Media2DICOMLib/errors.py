@@ -47,3 +47,7 @@ class PackageError(Media2DICOMError):
 
 class OutboxError(Media2DICOMError):
     """An outbox entry is missing or its state file is damaged."""
+
+
+class UsageError(Media2DICOMError):
+    """Command-line options are missing or contradict each other."""

@@ -13,7 +13,7 @@ from Media2DICOMLib.commands.source_and_send import (
     send_if_requested,
     source_from_args,
 )
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import Media2DICOMError, UsageError
 from Media2DICOMLib.jpeg import DEFAULT_QUALITY, TRANSFER_SYNTAX_NAMES
 from Media2DICOMLib.progress import TerminalProgress
 
@@ -189,23 +189,23 @@ def run(args) -> int:
 
 def _check_mode(args) -> str:
     if args.video and args.images:
-        raise Media2DICOMError(
+        raise UsageError(
             "Give either image files or --video, not both: a video becomes its own "
             "object."
         )
     if not args.video and not args.images:
-        raise Media2DICOMError("Give image files, a folder of frames or --video.")
+        raise UsageError("Give image files, a folder of frames or --video.")
     if args.video:
         return "video"
     if args.cine:
         if not args.frame_rate or args.frame_rate <= 0:
-            raise Media2DICOMError(
+            raise UsageError(
                 "--cine needs --frame-rate, the frames per second (for example "
                 "--frame-rate 10)."
             )
         return "cine"
     if args.frame_rate:
-        raise Media2DICOMError("--frame-rate applies only with --cine.")
+        raise UsageError("--frame-rate applies only with --cine.")
     return "stills"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from Media2DICOMLib.cli import EXIT_OK, EXIT_USAGE
 from Media2DICOMLib.commands.network import add_settings_argument, print_results
-from Media2DICOMLib.errors import SettingsError
+from Media2DICOMLib.errors import UsageError
 from Media2DICOMLib.outbox import Outbox
 from Media2DICOMLib.progress import TerminalProgress
 from Media2DICOMLib.settings import load_settings
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     listing.set_defaults(handler=run_list)
 
     retry = actions.add_parser(
-        "retry", help="send queued objects again (one object, one server or all)"
+        "retry",
+        help="send queued objects again: one object, one server, or all (default)",
     )
     _add_selection(retry)
     retry.add_argument(
@@ -52,7 +53,7 @@ def _selected(args, require_choice: bool):
     settings = load_settings(args.settings)
     outbox = Outbox(settings.cache_path())
     if require_choice and not (args.server or args.uid or args.all):
-        raise SettingsError(
+        raise UsageError(
             "Choose what to act on: --uid SOP_INSTANCE_UID, --server NAME or --all."
         )
     return settings, outbox, outbox.entries(args.server, args.uid)
@@ -77,7 +78,7 @@ def run_list(args) -> int:
 
 
 def run_retry(args) -> int:
-    settings, outbox, entries = _selected(args, require_choice=True)
+    settings, outbox, entries = _selected(args, require_choice=False)
     if not entries:
         print("Nothing to retry: no queued object matches.")
         return EXIT_USAGE if (args.uid or args.server) else EXIT_OK

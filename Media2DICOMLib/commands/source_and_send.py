@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from Media2DICOMLib.errors import Media2DICOMError
+from Media2DICOMLib.errors import UsageError
 
 SOURCE_OPTIONS_HELP = (
     "the source series: local files with --source, or a series on a saved "
@@ -69,7 +69,7 @@ def add_send_arguments(parser: argparse.ArgumentParser) -> None:
 def source_from_args(args):
     """Read or retrieve the source series the options name."""
     if args.source and args.source_server:
-        raise Media2DICOMError(
+        raise UsageError(
             "Give either --source (local files) or --source-server, not both."
         )
     if args.source:
@@ -81,12 +81,12 @@ def source_from_args(args):
             accession_number=args.accession_number,
         )
     if not args.source_server:
-        raise Media2DICOMError(
+        raise UsageError(
             "Missing source: give --source with the DICOM files of the study, or "
             "--source-server with --study-uid and --series-uid."
         )
     if not args.study_uid or not args.series_uid:
-        raise Media2DICOMError(
+        raise UsageError(
             "--source-server needs --study-uid and --series-uid; find them with "
             "'media2dicom query --server NAME --level series'."
         )

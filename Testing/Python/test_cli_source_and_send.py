@@ -104,7 +104,7 @@ def test_missing_source_message(tmp_path, capsys):
 
     status = cli.main(["encapsulate", "-o", str(tmp_path), str(stl)])
 
-    assert status == cli.EXIT_ERROR
+    assert status == cli.EXIT_USAGE
     assert "Missing source" in capsys.readouterr().err
 
 
@@ -120,7 +120,7 @@ def test_source_server_needs_uids(tmp_path, capsys):
          "-o", str(tmp_path), str(stl)]
     )
 
-    assert status == cli.EXIT_ERROR
+    assert status == cli.EXIT_USAGE
     assert "--study-uid and --series-uid" in capsys.readouterr().err
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPOSITORY
 from dicom_checks import assert_dciodvfy_clean
 from fault_scp import scp_factory, scp_server, write_encapsulated_pdf  # noqa: F401
-from Media2DICOMLib.cli import EXIT_NOT_SENT, EXIT_OK, main
+from Media2DICOMLib.cli import EXIT_NOT_SENT, EXIT_OK, EXIT_USAGE, main
 from Media2DICOMLib.outbox import Outbox
 from Media2DICOMLib.settings import Server, Settings, Timeouts, save_settings
 from Media2DICOMLib.source_study import read_source_series
@@ -183,6 +183,27 @@ def test_cli_list_retry_discard(settings_file, tmp_path, document, scp_factory, 
     )
     assert len(Outbox(cache).entries()) == 1
     assert main(["outbox", "discard", "--all"]) == EXIT_OK
+    assert Outbox(cache).entries() == []
+
+
+def test_cli_retry_defaults_to_all(settings_file, tmp_path, document, scp_factory):
+    """'outbox retry' with no selection retries everything; discard needs one."""
+    cache = tmp_path / "cache"
+    closed = Server(name="pacs", host="127.0.0.1", port=free_port(), called_aet="PACS")
+    save_server_settings(settings_file, cache, closed)
+    assert main(["send", "--server", "pacs", str(document)]) == EXIT_NOT_SENT
+
+    assert main(["outbox", "discard"]) == EXIT_USAGE
+    assert len(Outbox(cache).entries()) == 1
+
+    scp = scp_factory()
+    save_server_settings(
+        settings_file,
+        cache,
+        Server(name="pacs", host="127.0.0.1", port=scp.port, called_aet=scp.aet),
+    )
+    assert main(["outbox", "retry"]) == EXIT_OK
+    assert len(scp.record.sop_instance_uids) == 1
     assert Outbox(cache).entries() == []
 
 

@@ -850,11 +850,11 @@ def test_cli_capture_stills_and_cine(tmp_path, ct_small, capsys):
 
 
 def test_cli_cine_needs_frame_rate(tmp_path, ct_small, capsys):
-    """--cine without --frame-rate fails with exit code 1 and a message."""
+    """--cine without --frame-rate is a usage error (exit code 2) with a message."""
     image = tmp_path / "a.png"
     Image.new("RGB", (4, 4)).save(image)
 
     code = cli.main(["capture", "--source", str(ct_small), "--cine", str(image)])
 
-    assert code == cli.EXIT_ERROR
+    assert code == cli.EXIT_USAGE
     assert "--frame-rate" in capsys.readouterr().err
