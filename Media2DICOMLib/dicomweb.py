@@ -115,7 +115,8 @@ def _tls_adapter(requests, server: Server):
 def _client(server: Server, timeouts: Optional[Timeouts] = None):
     _, DICOMwebClient = _import_client()
     timeouts = timeouts or Timeouts()
-    options = {"url": server.dicomweb_url.rstrip("/"), "session": make_session(server)}
+    session = make_session(server)
+    options = {"url": server.dicomweb_url.rstrip("/"), "session": session}
     # Older dicomweb-client releases have no timeout argument and then wait
     # without limit; releases with it default to 20 s for connect and read.
     if "timeout" in inspect.signature(DICOMwebClient.__init__).parameters:

@@ -162,6 +162,12 @@ def run_send(args) -> int:
     settings = settings_from_args(args)
     server = server_from_args(args, settings)
     calling_aet = calling_aet_from_args(args, settings)
+    if args.dicomweb and not server.dicomweb_url:
+        raise SettingsError(
+            f"The server {server.name!r} has no DICOMweb URL. Set one with "
+            f"'media2dicom servers edit {server.name} --dicomweb-url URL', or send "
+            "without --dicomweb."
+        )
     results = send_through_outbox(
         settings,
         server,

@@ -259,3 +259,28 @@ def test_cli_send_dicomweb_through_outbox(
         ["query", "--dicomweb", "--server", "web", "--patient-id", "99000"]
     ) == (EXIT_OK)
     assert "1 match(es)" in capsys.readouterr().out
+
+
+def test_no_dicomweb_url_reported(tmp_path, monkeypatch, ct_small, capsys):
+    """--dicomweb with a server that has no DICOMweb URL fails before queueing."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    settings = Settings(cache_directory=str(tmp_path / "cache"))
+    settings.servers.append(Server("dimse-only", "127.0.0.1", 104, "PACS"))
+    path = tmp_path / "settings.json"
+    save_settings(settings, path)
+
+    send = main(["send", "--settings", str(path), "--server", "dimse-only",
+                 "--dicomweb", str(ct_small)])
+    send_error = capsys.readouterr().err
+    query = main(["query", "--settings", str(path), "--server", "dimse-only",
+                  "--dicomweb"])
+    query_error = capsys.readouterr().err
+
+    assert send == 1
+    assert "no DICOMweb URL" in send_error
+    assert "Traceback" not in send_error
+    assert Outbox(settings.cache_path()).entries() == []
+    assert query == 1
+    assert "no DICOMweb URL" in query_error
+    with pytest.raises(SettingsError, match="no DICOMweb URL"):
+        search(settings.servers[0], "study")
