@@ -687,7 +687,9 @@ def _build_dataset(
         dataset.PresentationLUTShape = "IDENTITY"
 
     _add_image_pixel(dataset, layout, count, pixel_aspect_ratio)
-    if frame_time_ms is not None:
+    # Frame Increment Pointer is required only with more than one frame, and
+    # dciodvfy rejects it on a single frame, so a one-frame cine is a still.
+    if frame_time_ms is not None and count > 1:
         _add_cine(dataset, frame_time_ms, count)
     if lossy_steps:
         _add_lossy_compression(dataset, lossy_steps)

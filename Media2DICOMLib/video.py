@@ -141,6 +141,14 @@ def read_video(
         raise ImageInputError(f"The video file {path} does not exist. Check the path.")
     av = _import_av()
     with _open_container(av, path) as container:
+        # FFmpeg opens still images as one-frame videos through its image
+        # demuxers ("image2" and the "*_pipe" family), which are not videos.
+        format_names = set((container.format.name or "").split(","))
+        if "image2" in format_names or any(n.endswith("_pipe") for n in format_names):
+            raise ImageInputError(
+                f"{path} is a still image, not a video. Give it as an image file "
+                "instead (without --video on the command line)."
+            )
         if not container.streams.video:
             raise ImageInputError(
                 f"{path} has no video stream. Give a video file such as MP4 or MOV."
@@ -168,7 +176,9 @@ def read_video(
             f"The video {path} has {source_count} frames of {width}x{height} "
             f"pixels{subsample_note}, about {raw / MIB:.0f} MiB uncompressed, but at most "
             f"{max_frames} frames are allowed. Subsample it with a step of "
-            f"{math.ceil(source_count / max_frames)} or more, or cut it shorter."
+            f"{math.ceil(source_count / max_frames)} or more (--subsample "
+            f"{math.ceil(source_count / max_frames)} or --subsample auto on the command "
+            "line), or cut it shorter."
         )
 
     steps: Tuple[LossyStep, ...] = ()

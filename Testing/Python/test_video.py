@@ -427,3 +427,29 @@ def test_display_rotation_applied(tmp_path, ct_small):
     # A counter-clockwise quarter turn moves the top-left block to bottom left.
     assert first[-40:, :20].mean() > 200
     assert first[:40, :20].mean() < 50
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tiff"])
+def test_still_image_is_not_video(tmp_path, suffix):
+    """A still image given as a video is rejected, not read as one frame."""
+    path = tmp_path / f"still{suffix}"
+    Image.new("RGB", (32, 24), (10, 200, 30)).save(path)
+
+    with pytest.raises(ImageInputError, match="still image, not a video"):
+        read_video(path)
+
+
+def test_one_frame_video_valid(tmp_path, ct_small):
+    """A one-frame video becomes a valid object without the cine attributes."""
+    path = make_video(tmp_path / "one.mp4", frame_count=1)
+    source = read_source_series(ct_small)
+
+    written = write_secondary_capture(
+        source, read_video(path), tmp_path / "one.dcm", SeriesInfo()
+    )
+
+    assert_dciodvfy_clean(written.path)
+    dataset = pydicom.dcmread(written.path)
+    assert int(dataset.NumberOfFrames) == 1
+    assert "FrameIncrementPointer" not in dataset
+    assert dataset.ConversionType == "DV"
