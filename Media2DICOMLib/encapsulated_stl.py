@@ -263,7 +263,7 @@ def encapsulate_models(
         def model_progress(part, _total, message, offset=done):
             report(offset + part, total, message)
 
-        path = output / _file_name(series, name)
+        path = _unused_path(output / _file_name(series, name))
         write_encapsulated_stl(
             source,
             model,
@@ -364,6 +364,16 @@ def _file_name(series: SeriesInfo, name: str) -> str:
     return (
         f"M3D_{series.series_number}_{series.next_instance_number:03d}_{safe[:48]}.dcm"
     )
+
+
+def _unused_path(path: Path) -> Path:
+    """Return ``path``, or the first free ``stem_N`` beside it, so no file is overwritten."""
+    candidate = path
+    number = 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+        number += 1
+    return candidate
 
 
 def _remove_quietly(path: Path) -> None:

@@ -12,6 +12,7 @@ from Media2DICOMLib.commands.source_and_send import (
     add_source_arguments,
     send_if_requested,
     source_from_args,
+    warn_if_output_not_empty,
 )
 from Media2DICOMLib.errors import Media2DICOMError, UsageError
 from Media2DICOMLib.jpeg import DEFAULT_QUALITY, TRANSFER_SYNTAX_NAMES
@@ -149,6 +150,7 @@ def run(args) -> int:
         series_number=args.series_number,
         series_description=args.series_description or default_description[mode],
     )
+    warn_if_output_not_empty(args.output)
     args.output.mkdir(parents=True, exist_ok=True)
 
     if mode == "stills":

@@ -12,6 +12,7 @@ from Media2DICOMLib.commands.source_and_send import (
     add_source_arguments,
     send_if_requested,
     source_from_args,
+    warn_if_output_not_empty,
 )
 from Media2DICOMLib.errors import Media2DICOMError
 from Media2DICOMLib.new_series import SeriesInfo
@@ -126,6 +127,7 @@ def run(args) -> int:
         series_number=args.series_number,
         series_description=args.series_description,
     )
+    warn_if_output_not_empty(args.output)
     paths = encapsulate_models(
         source,
         specs,

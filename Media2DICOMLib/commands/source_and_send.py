@@ -8,6 +8,7 @@ what was written on a saved server through the outbox.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from Media2DICOMLib.errors import UsageError
@@ -128,6 +129,22 @@ def send_if_requested(args, paths) -> int:
     files = [Path(p) for p in paths]
     results = send_through_outbox(settings, server, files, settings.ae_title)
     return print_results(results)
+
+
+def warn_if_output_not_empty(folder: Path) -> None:
+    """Warn that DICOM files from an earlier run are in the output folder.
+
+    Sending the folder would send those too, as separate series.
+    """
+    earlier = list(Path(folder).glob("*.dcm")) if Path(folder).is_dir() else []
+    if earlier:
+        print(
+            f"warning: {folder} already contains {len(earlier)} DICOM file(s) from "
+            "an earlier run; new files get new names, but sending the whole folder "
+            "sends the earlier ones too. Use a new --output folder to keep runs "
+            "apart.",
+            file=sys.stderr,
+        )
 
 
 def add_settings_option(parser: argparse.ArgumentParser) -> None:

@@ -344,3 +344,21 @@ def test_large_stl_memory_bounded(tmp_path, ct_small):
     # Peak memory beyond what the imports took: a few 4 MB chunks, not the file.
     assert growth_kb < 40 * 1024, f"peak RSS grew {growth_kb / 1024:.0f} MB for a 100 MB STL"
     assert_dciodvfy_clean(written)
+
+
+def test_second_run_keeps_first_files(tmp_path, ct_small, capsys):
+    """A second run into the same folder adds files and warns, overwriting none."""
+    stl = write_binary_stl(tmp_path / "tetra.stl", TETRAHEDRON)
+    output = tmp_path / "out"
+    arguments = ["encapsulate", "-s", str(ct_small), "-o", str(output), str(stl)]
+
+    assert cli.main(arguments) == 0
+    first = {p: p.read_bytes() for p in output.glob("*.dcm")}
+    capsys.readouterr()
+    assert cli.main(arguments) == 0
+
+    after = sorted(output.glob("*.dcm"))
+    assert len(after) == 2
+    for path, content in first.items():
+        assert path.read_bytes() == content
+    assert "already contains 1 DICOM file" in capsys.readouterr().err
