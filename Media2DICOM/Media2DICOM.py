@@ -233,6 +233,12 @@ class Media2DICOMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.sendTask.cancel()
         if self.sendTimer is not None:
             self.sendTimer.stop()
+        # Stop polling query, retrieve and echo tasks, so no timer calls into
+        # a panel that a module reload has replaced.
+        for task, timer in self.backgroundTasks:
+            task.cancel()
+            timer.stop()
+        self.backgroundTasks = []
 
     def enter(self):
         # The view lists need the layout manager, which setup() must not touch,
@@ -855,9 +861,8 @@ class ServerDialog(qt.QDialog):
         )
         note.wordWrap = True
         layout.addRow(note)
-        buttons = qt.QDialogButtonBox(
-            qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel
-        )
+        buttons = qt.QDialogButtonBox()
+        buttons.setStandardButtons(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
         buttons.connect("accepted()", self.accept)
         buttons.connect("rejected()", self.reject)
         layout.addRow(buttons)
@@ -1227,9 +1232,15 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
         """Capture the whole view layout, or one view, as a PNG file."""
         import ScreenCapture
 
+        self.requireViews("A screenshot")
         capture = ScreenCapture.ScreenCaptureLogic()
-        view = capture.viewFromNode(viewNode) if viewNode is not None else None
-        capture.captureImageFromView(view, str(path))
+        # Screen Capture raises ValueError when the view is not in the current
+        # layout or the captured image is smaller than 2 x 2 pixels.
+        try:
+            view = capture.viewFromNode(viewNode) if viewNode is not None else None
+            capture.captureImageFromView(view, str(path))
+        except ValueError as exc:
+            raise Media2DICOMError(f"Screenshot capture failed: {exc}") from exc
         if not os.path.isfile(path):
             raise Media2DICOMError(
                 f"The screenshot was not written to {path}. Show the view in the "
@@ -1259,6 +1270,7 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
             raise Media2DICOMError(
                 f"A cine needs at least 2 frames, but {numberOfFrames} was requested."
             )
+        self.requireViews("A cine")
         capture = ScreenCapture.ScreenCaptureLogic()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -1308,11 +1320,18 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
                     raise Media2DICOMError(
                         "A sequence cine is captured from one view. Select a view."
                     )
+                itemCount = sequenceBrowserNode.GetNumberOfItems()
+                if itemCount < 2:
+                    raise Media2DICOMError(
+                        f"The sequence browser '{sequenceBrowserNode.GetName()}' "
+                        f"has {itemCount} item(s), but a sequence cine needs at "
+                        "least 2. Select a browser of a longer sequence."
+                    )
                 capture.captureSequence(
                     sequenceViewNode,
                     sequenceBrowserNode,
                     0,
-                    sequenceBrowserNode.GetNumberOfItems() - 1,
+                    itemCount - 1,
                     numberOfFrames,
                     str(folder),
                     pattern,
@@ -1328,6 +1347,20 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
         finally:
             capture.logCallback = None
         return folder
+
+    @staticmethod
+    def requireViews(captureName):
+        """Raise Media2DICOMError unless Slicer shows its main window and views.
+
+        Screen Capture reads the views through the layout manager and grabs
+        the layout from the main window, and neither exists when Slicer runs
+        with ``--no-main-window``.
+        """
+        if slicer.app.layoutManager() is None or slicer.util.mainWindow() is None:
+            raise Media2DICOMError(
+                f"{captureName} needs Slicer's main window and its views, which this "
+                "Slicer session does not show. Start Slicer with its main window."
+            )
 
     @staticmethod
     def requireViewNode(viewNode, className, mode):
