@@ -1136,6 +1136,22 @@ class Media2DICOMLogic(ScriptedLoadableModuleLogic):
 
     # Gathering content from the scene
 
+    def emptySegmentIds(self, segmentationNode, segmentIds):
+        """Return the IDs of the given segments whose closed surface has no points.
+
+        The closed surface representation is made first, as the export does.
+        """
+        segmentationNode.CreateClosedSurfaceRepresentation()
+        emptyIds = []
+        for segmentId in segmentIds:
+            polyData = vtk.vtkPolyData()
+            slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentClosedSurfaceRepresentation(
+                segmentationNode, segmentId, polyData, False
+            )
+            if polyData.GetNumberOfPoints() == 0:
+                emptyIds.append(segmentId)
+        return emptyIds
+
     def writeSegmentSurfaces(self, segmentationNode, segmentIds, folder):
         """Write each segment's closed surface as binary STL in LPS millimetres.
 

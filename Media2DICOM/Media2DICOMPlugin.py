@@ -78,10 +78,16 @@ class Media2DICOMPluginClass(DICOMPlugin):
                 segmentationNode = dataNode
                 segmentation = segmentationNode.GetSegmentation()
                 content.segmentationNode = segmentationNode
-                content.segmentIds = [
+                segmentIds = [
                     segmentation.GetNthSegmentID(i)
                     for i in range(segmentation.GetNumberOfSegments())
                 ]
+                try:
+                    content.segmentIds = self.segmentIdsToExport(
+                        logic, segmentationNode, segmentIds
+                    )
+                except Media2DICOM.Media2DICOMError as exc:
+                    return str(exc)
             else:
                 content.modelNodes = [dataNode]
 
@@ -110,6 +116,44 @@ class Media2DICOMPluginClass(DICOMPlugin):
                 )
                 return str(exc)
         return ""
+
+    @staticmethod
+    def segmentIdsToExport(logic, segmentationNode, segmentIds):
+        """Return the non-empty segments, asking before empty ones are left out.
+
+        The export dialog has no list to untick segments in, so an empty
+        segment would otherwise stop the whole export.
+
+        Raises
+        ------
+        Media2DICOMError
+            When every segment is empty or the user declines the export.
+        """
+        from Media2DICOMLib.errors import Media2DICOMError
+
+        emptyIds = logic.emptySegmentIds(segmentationNode, segmentIds)
+        if not emptyIds:
+            return segmentIds
+        name = segmentationNode.GetName()
+        if len(emptyIds) == len(segmentIds):
+            raise Media2DICOMError(
+                f"Every segment of '{name}' is empty, so there is no surface to "
+                "export. Paint the segments first."
+            )
+        segmentation = segmentationNode.GetSegmentation()
+        emptyNames = ", ".join(
+            segmentation.GetSegment(segmentId).GetName() for segmentId in emptyIds
+        )
+        logging.warning("Empty segments of %s: %s", name, emptyNames)
+        if not slicer.util.confirmYesNoDisplay(
+            f"These segments of '{name}' are empty: {emptyNames}.\n\n"
+            "Export the other segments without them?",
+            windowTitle="Media2DICOM",
+        ):
+            raise Media2DICOMError(
+                f"Export of '{name}' cancelled because of its empty segments."
+            )
+        return [segmentId for segmentId in segmentIds if segmentId not in emptyIds]
 
 
 class Media2DICOMPlugin:
