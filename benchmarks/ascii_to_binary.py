@@ -16,7 +16,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def convert_with_media2dicom(source: Path, target: Path) -> None:
-    sys.path.insert(0, str(REPOSITORY))
+    # PYTHONPATH, when set, chooses the checkout to measure; else this one.
+    sys.path.append(str(REPOSITORY))
     from Media2DICOMLib.stl import open_stl
 
     model = open_stl(source)

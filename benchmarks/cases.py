@@ -51,12 +51,14 @@ class Context:
     python: str = sys.executable
     # Size at which the product runs once more under cProfile, or None.
     profile_size: Optional[str] = None
+    # Media2DICOM checkout whose library is measured.
+    checkout: Path = REPOSITORY
 
     def product_env(self) -> Dict[str, str]:
         """Return the environment for product runs: this checkout, scratch settings."""
         env = dict(os.environ)
         path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(REPOSITORY) + (os.pathsep + path if path else "")
+        env["PYTHONPATH"] = str(self.checkout) + (os.pathsep + path if path else "")
         # Keep the settings file and the outbox out of the user's own folders.
         env["MEDIA2DICOM_SETTINGS"] = str(self.work / "settings" / "settings.json")
         env["XDG_CONFIG_HOME"] = str(self.work / "settings")
@@ -64,6 +66,11 @@ class Context:
         return env
 
     def product_cli(self, *arguments: str) -> List[str]:
+        """Return the command line of ``media2dicom``; run it with cwd=checkout.
+
+        ``python -m`` puts the working folder first on sys.path, ahead of
+        PYTHONPATH, so the working folder decides which library is imported.
+        """
         return [self.python, "-m", "Media2DICOMLib.cli", *arguments]
 
 
@@ -232,6 +239,7 @@ def encapsulate_stl(context: Context, size: str) -> SizeResult:
         prepare=_clear(product_folder),
         verify=_expect_files(product_folder, 1, stl_bytes),
         env=context.product_env(),
+        cwd=context.checkout,
     )
     reference = Tool(
         "DCMTK stl2dcm",
@@ -299,6 +307,7 @@ def ascii_to_binary(context: Context, size: str) -> SizeResult:
                 prepare=_clear(target),
                 verify=_expect_file(target, 84 + 50),
                 env=context.product_env(),
+                cwd=context.checkout,
             )
         )
     results = run_alternating(tools, context.runs, context.timeout, context.log)
@@ -425,6 +434,7 @@ def _store_tools(
         prepare=_clear_contents(received),
         verify=_expect_files(received, count, min_bytes),
         env=context.product_env(),
+        cwd=context.checkout,
     )
     storescu = storescu_command(config, STORE_AET, scp.port, files_argument)
     reference = Tool(
@@ -546,6 +556,7 @@ def cine_jpeg(context: Context, size: str) -> SizeResult:
                 prepare=_clear(target),
                 verify=verify,
                 env=context.product_env(),
+                cwd=context.checkout,
             )
         )
     results = run_alternating(tools, context.runs, context.timeout, context.log)

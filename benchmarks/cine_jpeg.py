@@ -54,7 +54,8 @@ def pillow_encoder(target: Path):
 
 def media2dicom_encoder(target: Path):
     """Return a function that writes one Multi-frame True Color SC object."""
-    sys.path.insert(0, str(REPOSITORY))
+    # PYTHONPATH, when set, chooses the checkout to measure; else this one.
+    sys.path.append(str(REPOSITORY))
     from Media2DICOMLib.new_series import SeriesInfo
     from Media2DICOMLib.secondary_capture import write_secondary_capture
     from Media2DICOMLib.source_study import read_source_series

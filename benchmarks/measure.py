@@ -132,9 +132,11 @@ def run_measured(
         usage_lines = usage_path.read_text().strip().splitlines()
 
     if process.returncode != 0:
-        tail = "\n".join(errors.strip().splitlines()[-8:])
+        error_lines = errors.strip().splitlines() or ["(no error output)"]
+        tail = "\n".join(error_lines[-8:])
         raise CommandFailed(
-            f"exit status {process.returncode} from {' '.join(command)}\n{tail}"
+            f"exit status {process.returncode}: {error_lines[-1]}\n"
+            f"command: {' '.join(command)}\n{tail}"
         )
     _, user, system, peak_kib = usage_lines[-1].split()
     return Measurement(

@@ -38,7 +38,7 @@ def _first_line(command: Sequence[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-def machine_description() -> List[str]:
+def machine_description(checkout: Path = REPOSITORY) -> List[str]:
     """Return Markdown list lines naming the CPU, memory, OS and tool versions."""
     cpu = "unknown CPU"
     cpuinfo = Path("/proc/cpuinfo")
@@ -66,9 +66,28 @@ def machine_description() -> List[str]:
     lines.append("- Python packages: " + ", ".join(versions))
     lines.append(f"- DCMTK: {_first_line(['/usr/bin/storescu', '--version'])}")
     lines.append(f"- Orthanc: {_first_line(['/usr/sbin/Orthanc', '--version'])}")
-    commit = _first_line(["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"])
-    lines.append(f"- Media2DICOM commit: {commit}")
+    commit = _first_line(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"])
+    changed = _changed_library_files(checkout)
+    if changed:
+        commit += f" with uncommitted changes in {', '.join(changed)}"
+    where = "" if checkout == REPOSITORY else f" (checkout {checkout})"
+    lines.append(f"- Media2DICOM commit: {commit}{where}")
     return lines
+
+
+def _changed_library_files(checkout: Path) -> List[str]:
+    """Return the library files that differ from the commit, as git lists them."""
+    try:
+        completed = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "Media2DICOMLib"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line[3:] for line in completed.stdout.splitlines() if line.strip()]
 
 
 def format_bytes(value: float) -> str:
@@ -158,9 +177,8 @@ def display_command(command: Sequence[str], work: Path) -> str:
     """
     line = shlex.join(command).replace(str(work), "$WORK")
     line = line.replace(sys.executable, "python")
-    return line.replace(str(REPOSITORY.parent) + "/", "../").replace(
-        str(REPOSITORY) + "/", ""
-    )
+    line = line.replace(str(REPOSITORY) + "/", "")
+    return line.replace(str(REPOSITORY.parent) + "/", "../")
 
 
 def command_lines(size_result, work: Path) -> List[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shutil
 import sys
 import tempfile
@@ -246,7 +247,11 @@ def run_case(case: Case, context: cases.Context, sizes: List[str]) -> list:
     for size in sizes:
         context.log(f"== {case.title}: {size}")
         started = time.monotonic()
-        size_results.append(case.run(context, size))
+        # Other work on a shared machine shows in the load average.
+        load = os.getloadavg()[0]
+        size_result = case.run(context, size)
+        size_result.extra["load"] = (load, os.getloadavg()[0])
+        size_results.append(size_result)
         context.log(f"   done in {time.monotonic() - started:.0f} s")
     return size_results
 
@@ -293,7 +298,7 @@ def render(
         "",
         "Machine:",
         "",
-        *report.machine_description(),
+        *report.machine_description(context.checkout),
         "",
     ]
     for case in CASES:
@@ -302,11 +307,15 @@ def render(
         size_results = outcomes[case.key]
         profile_text = size_results[-1].extra.get("profile")
         lines += [f"### {case.title}", "", case.description, ""]
-        lines += ["| Size | Input |", "| --- | --- |"]
+        lines += [
+            "| Size | Input | Load average (1 min) before and after |",
+            "| --- | --- | --- |",
+        ]
         for size_result in size_results:
+            before, after = size_result.extra.get("load", (float("nan"),) * 2)
             lines.append(
                 f"| {size_result.size} | {size_result.input_text}, "
-                f"{size_result.input_bytes / 1e6:,.1f} MB |"
+                f"{size_result.input_bytes / 1e6:,.1f} MB | {before:.2f}, {after:.2f} |"
             )
         lines.append("")
         lines += report.case_table(size_results, case.rate_unit)
@@ -367,6 +376,13 @@ def parse_arguments(argv):
         help="Markdown page to write (default: docs/benchmarks.md)",
     )
     parser.add_argument(
+        "--checkout",
+        type=Path,
+        default=REPOSITORY,
+        help="Media2DICOM checkout whose library is measured, for example one "
+        "with a patch applied (default: the checkout this script is in)",
+    )
+    parser.add_argument(
         "--no-profile",
         action="store_true",
         help="skip the cProfile run of the product at the largest size",
@@ -406,6 +422,7 @@ def main(argv=None) -> int:
         runs=args.runs,
         timeout=args.timeout,
         profile_size=None if args.no_profile else args.sizes[-1],
+        checkout=args.checkout.resolve(),
     )
     outcomes = {}
     try:
