@@ -69,11 +69,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers whose failures the commands print themselves, one line per object or
+# server, so at the default verbosity their log records would repeat them.
+_REPORTED_BY_COMMANDS = (
+    "pynetdicom",
+    "Media2DICOMLib.network",
+    "Media2DICOMLib.outbox",
+    "Media2DICOMLib.dicomweb",
+    "Media2DICOMLib.query",
+)
+
+
+def configure_logging(verbose: int) -> None:
+    """Log warnings to stderr by default, INFO with -v and DEBUG with -vv.
+
+    The handler filters records rather than changing logger levels, so calling
+    :func:`main` repeatedly in one process (as the tests do) changes nothing
+    for other code in that process.
+    """
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _CommandLineHandler):
+            root.removeHandler(handler)
+    root.addHandler(_CommandLineHandler(verbose))
+    root.setLevel(level)
+
+
+class _CommandLineHandler(logging.StreamHandler):
+    def __init__(self, verbose: int) -> None:
+        super().__init__(sys.stderr)
+        self.verbose = verbose
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reported = record.name.split(".")[0] == "pynetdicom" or any(
+            record.name == name or record.name.startswith(name + ".")
+            for name in _REPORTED_BY_COMMANDS
+        )
+        if self.verbose == 0 and reported:
+            return False
+        # pynetdicom logs every PDU at INFO; with -v its warnings are enough.
+        if self.verbose == 1 and record.name.startswith("pynetdicom"):
+            return record.levelno >= logging.WARNING
+        return super().filter(record)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

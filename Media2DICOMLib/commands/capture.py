@@ -101,8 +101,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--burned-in-annotation",
-        action="store_true",
-        help="declare that the pixels show text identifying the patient",
+        choices=("yes", "no"),
+        nargs="?",
+        const="yes",
+        default="yes",
+        help="whether the pixels show text that identifies the patient, such as a "
+        "workstation's name and ID overlay (default: yes, because screenshots "
+        "and photos of other screens often do; say 'no' only when you have "
+        "checked every frame)",
     )
 
     parser.add_argument(
@@ -219,7 +225,7 @@ def _writer_options(args, mib: int) -> dict:
     return {
         "transfer_syntax": TRANSFER_SYNTAX_NAMES[args.transfer_syntax],
         "quality": args.quality,
-        "burned_in_annotation": "YES" if args.burned_in_annotation else "NO",
+        "burned_in_annotation": args.burned_in_annotation.upper(),
         "background": background,
         "size_warning_bytes": int(args.size_warning_mb * mib),
         "size_limit_bytes": int(args.size_limit_mb * mib),

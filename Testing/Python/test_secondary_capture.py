@@ -846,7 +846,24 @@ def test_cli_capture_stills_and_cine(tmp_path, ct_small, capsys):
     assert dataset.SeriesNumber == 902
     still = pydicom.dcmread(still_files[0])
     assert still.SeriesDescription == "Screenshots"
+    assert still.BurnedInAnnotation == "YES"
     assert "3 frame(s)" in capsys.readouterr().out
+
+
+def test_cli_burned_in_annotation_no(tmp_path, ct_small):
+    """'--burned-in-annotation no' declares frames free of identifying text."""
+    image = tmp_path / "view.png"
+    Image.fromarray(synthetic_screenshot(seed=4)).save(image)
+
+    status = cli.main(
+        ["capture", "-s", str(ct_small), "--burned-in-annotation", "no",
+         "-o", str(tmp_path / "out"), str(image)]
+    )
+
+    assert status == 0
+    written = next((tmp_path / "out").glob("*.dcm"))
+    assert_dciodvfy_clean(written)
+    assert pydicom.dcmread(written).BurnedInAnnotation == "NO"
 
 
 def test_cli_cine_needs_frame_rate(tmp_path, ct_small, capsys):
