@@ -153,8 +153,8 @@ def read_labelmap(path: Union[str, Path]) -> LabelMap:
         data, header = nrrd.read(str(path))
     except (nrrd.NRRDError, OSError, ValueError) as exc:
         raise LabelMapError(
-            f"Failed to read {path} as NRRD: {exc}. Give a label map or a Slicer "
-            ".seg.nrrd file."
+            f"Failed to read {path} as NRRD (pynrrd: {exc}). Give a label map or a "
+            "Slicer .seg.nrrd file."
         ) from exc
 
     if not np.issubdtype(data.dtype, np.integer):

@@ -314,7 +314,8 @@ def _choose_series(headers, series_instance_uid: Optional[str]) -> str:
     if len(summaries) > 1:
         raise SourceStudyError(
             f"The source files hold {len(summaries)} series; choose one by its "
-            f"Series Instance UID. Series found:\n{listing}"
+            f"Series Instance UID (--series-uid on the command line). Series "
+            f"found:\n{listing}"
         )
     return summaries[0].series_instance_uid
 

@@ -90,6 +90,10 @@ def run(args) -> int:
             f"--smoothing-iterations is {args.smoothing_iterations}; give 0 or more."
         )
     check_send_target(args)
+    # The source is read first, so a wrong --source fails before any meshing.
+    source = None
+    if args.source or args.source_server:
+        source = source_from_args(args)
     surfaces = mesh_labelmap_file(
         args.labelmap,
         args.output,
@@ -108,8 +112,8 @@ def run(args) -> int:
             f"{color}  {surface.triangle_count} triangles"
         )
 
-    if args.source or args.source_server:
-        return _encapsulate(args, surfaces)
+    if source is not None:
+        return _encapsulate(args, source, surfaces)
     if args.send:
         raise Media2DICOMError(
             "--send needs a source study: give --source or --source-server so the "
@@ -118,11 +122,10 @@ def run(args) -> int:
     return 0
 
 
-def _encapsulate(args, surfaces) -> int:
+def _encapsulate(args, source, surfaces) -> int:
     from Media2DICOMLib.commands.encapsulate import print_written
     from Media2DICOMLib.encapsulated_stl import ModelSpec, encapsulate_models
     from Media2DICOMLib.new_series import SeriesInfo
-    source = source_from_args(args)
     specs = [
         ModelSpec(surface.path, name=surface.name, color=surface.color, space="LPS")
         for surface in surfaces

@@ -34,8 +34,10 @@ def register(subparsers) -> None:
         help="query level (default: study)",
     )
     parser.add_argument("--patient-name", help="patient name; * and ? are wildcards")
-    parser.add_argument("--patient-id")
-    parser.add_argument("--accession-number")
+    parser.add_argument("--patient-id", help="Patient ID; * and ? are wildcards")
+    parser.add_argument(
+        "--accession-number", help="Accession Number; * and ? are wildcards"
+    )
     parser.add_argument(
         "--study-date",
         metavar="RANGE",

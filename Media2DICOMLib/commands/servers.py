@@ -83,7 +83,10 @@ def _add_server_options(parser: argparse.ArgumentParser, required: bool) -> None
     )
     parser.add_argument("--description", help="free text shown in the list")
     parser.add_argument(
-        "--tls-ca", metavar="FILE", help="CA certificate (PEM) that signs the server's"
+        "--tls-ca",
+        metavar="FILE",
+        help="CA certificate (PEM) that signed the server's certificate; the "
+        "server is verified against it",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="client private key (PEM)")
@@ -101,7 +104,9 @@ def _add_server_options(parser: argparse.ArgumentParser, required: bool) -> None
         choices=DICOMWEB_AUTH_METHODS,
         help="DICOMweb authentication method",
     )
-    parser.add_argument("--dicomweb-username", metavar="USER")
+    parser.add_argument(
+        "--dicomweb-username", metavar="USER", help="user name for basic authentication"
+    )
     parser.add_argument(
         "--dicomweb-secret-env",
         metavar="VARIABLE",
