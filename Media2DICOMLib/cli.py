@@ -37,11 +37,25 @@ COMMAND_MODULES = (
     "query",
     "mesh",
 )
+# The module of each subcommand. Only that module is imported to run it, so a
+# command does not pay for the imports of the others (pynetdicom, PyAV).
+COMMAND_MODULE_OF = {
+    "encapsulate": "encapsulate",
+    "capture": "capture",
+    "echo": "network",
+    "send": "network",
+    "servers": "servers",
+    "outbox": "outbox",
+    "query": "query",
+    "retrieve": "query",
+    "mesh": "mesh",
+}
 
 LOGGER = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """Build the parser with every subcommand, or only the one ``argv`` names."""
     parser = argparse.ArgumentParser(
         prog="media2dicom",
         description=(
@@ -58,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="log more: once for INFO, twice for DEBUG (DEBUG may show patient data)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    requested = _requested_command(argv)
+    modules = [COMMAND_MODULE_OF[requested]] if requested else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(f"Media2DICOMLib.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -67,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
+
+
+def _requested_command(argv: Optional[Sequence[str]]) -> Optional[str]:
+    """Return the subcommand ``argv`` names, or None when it names none."""
+    for argument in argv or ():
+        if argument in ("-h", "--help", "--version"):
+            return None
+        if not argument.startswith("-"):
+            return argument if argument in COMMAND_MODULE_OF else None
+    return None
 
 
 # Loggers whose failures the commands print themselves, one line per object or
@@ -116,7 +142,8 @@ class _CommandLineHandler(logging.StreamHandler):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     if not getattr(args, "handler", None):
