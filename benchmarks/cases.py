@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import inputs
-from measure import MIB, CommandFailed, Measurement, Tool, ToolResult, run_alternating
+from measure import CommandFailed, Measurement, Tool, ToolResult, run_alternating
 
 REPOSITORY = inputs.REPOSITORY
 BENCHMARKS = Path(__file__).resolve().parent

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from measure import ToolResult
 
@@ -64,7 +64,8 @@ def machine_description(checkout: Path = REPOSITORY) -> List[str]:
         except metadata.PackageNotFoundError:
             versions.append(f"{package} not installed")
     lines.append("- Python packages: " + ", ".join(versions))
-    lines.append(f"- DCMTK: {_first_line(['/usr/bin/storescu', '--version'])}")
+    dcmtk = _first_line(["/usr/bin/storescu", "--version"])
+    lines.append(f"- DCMTK: {dcmtk.strip('$ ').replace('dcmtk: ', '')}")
     lines.append(f"- Orthanc: {_first_line(['/usr/sbin/Orthanc', '--version'])}")
     commit = _first_line(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"])
     changed = _changed_library_files(checkout)
@@ -204,7 +205,3 @@ def replace_generated(page: Path, generated: str, template: str) -> None:
             return
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(template.replace("{generated}", block))
-
-
-def rates_line(values: Dict[str, float]) -> str:
-    return ", ".join(f"{key} {value:.1f}" for key, value in values.items())

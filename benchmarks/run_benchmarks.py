@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import cases
 import end_to_end
 import report
-from measure import CommandFailed, ToolResult
+from measure import ToolResult
 
 REPOSITORY = cases.REPOSITORY
 PAGE = REPOSITORY / "docs" / "benchmarks.md"
@@ -259,21 +259,26 @@ def run_case(case: Case, context: cases.Context, sizes: List[str]) -> list:
 PAGE_TEMPLATE = """\
 # Benchmarks
 
-Media2DICOM measured against the tools people would otherwise use, on the
-same generated inputs in the same run. Rerun with:
+Media2DICOM against the tools people would otherwise use, on the same
+generated inputs in the same run: DCMTK 3.6.7 `stl2dcm`, `storescu` and
+`storescp`, numpy-stl's ASCII reader, a one-thread Pillow JPEG loop and a
+plain `cp`. Rerun from the repository root with:
 
     python benchmarks/run_benchmarks.py --sizes small,medium,large --runs 5
 
-The script needs DCMTK and Orthanc (Debian packages `dcmtk` and `orthanc`)
-and the project's Python dependencies. It generates every input into a
-temporary folder, so nothing large is kept in the repository. A full run
-takes about TODO minutes on the machine below.
+The script needs GNU time, DCMTK and Orthanc (Debian packages `time`,
+`dcmtk` and `orthanc`) and the project's Python dependencies. It generates
+every input into a temporary folder, so nothing large is kept in the
+repository, and it rewrites only the part of this page between the two
+markers; the run below states how long it took. `--cases` runs a subset,
+`--checkout DIR` measures another checkout (for example one with a patch
+applied) and `--help` lists the rest.
 
 {generated}
 
 ## Analysis
 
-Notes on the run above are kept here; the script leaves this section as it is.
+Notes on the run above go here. The script keeps this section as it is.
 """
 
 
