@@ -146,7 +146,7 @@ def profile_product(
     """Run the product once more under cProfile; return its top functions by own time.
 
     Returns None unless ``size`` is the context's profile size and the product
-    is a Python command that succeeded. cProfile sees only the main thread.
+    is a Python command that succeeded. cProfile records only the main thread.
     """
     product = next((r for r in results if r.tool.role == "product"), None)
     if size != context.profile_size or product is None or not product.ok:

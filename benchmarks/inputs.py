@@ -160,21 +160,6 @@ def synthetic_frame(index: int, rows: int, columns: int) -> np.ndarray:
     return frame
 
 
-def write_png_frames(folder: Path, count: int, rows: int, columns: int) -> List[Path]:
-    """Write ``count`` PNG frames, as 3D Slicer's screen capture writes a sequence."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(count):
-        path = folder / f"frame_{index:05d}.png"
-        Image.fromarray(synthetic_frame(index, rows, columns)).save(
-            path, compress_level=1
-        )
-        paths.append(path)
-    return paths
-
-
 def remove(path: Path) -> None:
     """Delete a file or folder if it exists."""
     if path.is_dir():

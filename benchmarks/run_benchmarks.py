@@ -150,17 +150,20 @@ def assess_cine(size_results) -> List[str]:
     rates = large.inner_rates
     if product is None or reference is None or product.tool.label not in rates:
         return [f"| {large.size}: frames/s ÷ Pillow loop ≥ 1.6 | not measured | – |"]
+
     speedup = rates[product.tool.label] / rates[reference.tool.label]
     lines = [
         f"| {large.size}: frames/s ÷ Pillow loop ≥ 1.6 | {speedup:.2f} | "
         f"{_verdict(speedup >= 1.6)} |"
     ]
+
     cores = large.extra.get("cores", {}).get(product.tool.label)
     if cores is not None:
         lines.append(
             f"| {large.size}: both cores used (CPU ÷ wall of the encoding loop ≥ 1.5) | "
             f"{cores:.2f} | {_verdict(cores >= 1.5)} |"
         )
+
     peaks = []
     for size_result in size_results:
         result = _product(size_result)
@@ -270,7 +273,7 @@ The script needs GNU time, DCMTK and Orthanc (Debian packages `time`,
 `dcmtk` and `orthanc`) and the project's Python dependencies. It generates
 every input into a temporary folder, so nothing large is kept in the
 repository, and it rewrites only the part of this page between the two
-markers; the run below states how long it took. `--cases` runs a subset,
+markers. The run below states how long it took. `--cases` runs a subset,
 `--checkout DIR` measures another checkout (for example one with a patch
 applied) and `--help` lists the rest.
 
@@ -399,17 +402,22 @@ def parse_arguments(argv):
         help="seconds after which one run of a tool is stopped (default: 600)",
     )
     args = parser.parse_args(argv)
+
     args.sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
     unknown = [size for size in args.sizes if size not in SIZES]
     if unknown or not args.sizes:
-        parser.error(f"--sizes takes some of {', '.join(SIZES)}; got {args.sizes}")
+        parser.error(
+            f"invalid --sizes {','.join(args.sizes)}: use some of {', '.join(SIZES)}"
+        )
+
     known = {case.key for case in CASES} | {"end-to-end"}
     args.cases = [key.strip() for key in args.cases.split(",") if key.strip()]
     unknown = [key for key in args.cases if key not in known]
     if unknown:
         parser.error(
-            f"unknown case {', '.join(unknown)}; choose from {', '.join(sorted(known))}"
+            f"unknown case {', '.join(unknown)}: use some of {', '.join(sorted(known))}"
         )
+
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     return args
