@@ -195,7 +195,9 @@ class BrokenStoreSCP:
             return
         if self.mode == ABORT_MIDWAY:
             self.faults += 1
-            event.assoc.abort()
+            # abort() waits for the reactor thread that runs this handler,
+            # which deadlocks in pynetdicom 2.1, so another thread calls it.
+            threading.Thread(target=event.assoc.abort, daemon=True).start()
         elif self.mode == CLOSE_MIDWAY:
             self._close(event.assoc)
 

@@ -204,8 +204,9 @@ def test_cli_logs_no_patient_data(tmp_path, patient_source, stl_file, storescp):
 
 
 @pytest.mark.xfail(
+    int(pydicom.__version__.split(".")[0]) >= 3,
     strict=True,
-    reason="pydicom logs invalid values at WARNING ('Invalid value for VR DA: "
+    reason="pydicom 3 logs invalid values at WARNING ('Invalid value for VR DA: "
     "...'), so an ACR-NEMA style birth date or an over-long Patient ID from an "
     "old scanner reaches the log",
 )
