@@ -241,16 +241,19 @@ MAX_QUEUED_PDUS = 32
 def _tune_transport(assoc) -> None:
     """Set TCP_NODELAY and bound the send queue of an established association.
 
-    Without TCP_NODELAY every small C-STORE waits for the peer's delayed
-    acknowledgement (about 40 ms on Linux), which caps a batch of small
-    objects at about 20 per second.
+    Without TCP_NODELAY and quick acknowledgements every small C-STORE waits
+    for a delayed acknowledgement (about 40 ms on Linux), which caps a batch
+    of small objects at about 20 per second.
     """
-    raw_socket = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    association_socket = getattr(assoc.dul, "socket", None)
+    raw_socket = getattr(association_socket, "socket", None)
     if raw_socket is not None:
         try:
             raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             LOGGER.debug("Could not set TCP_NODELAY: %s", exc)
+        if hasattr(socket, "TCP_QUICKACK"):
+            _acknowledge_quickly(association_socket, raw_socket)
 
     dul = assoc.dul
     queue = getattr(dul, "to_provider_queue", None)
@@ -271,6 +274,28 @@ def _tune_transport(assoc) -> None:
         unbounded_send(primitive)
 
     dul.send_pdu = bounded_send
+
+
+def _acknowledge_quickly(association_socket, raw_socket) -> None:
+    """Turn on TCP_QUICKACK (Linux) before every read of the association.
+
+    A peer without TCP_NODELAY (DCMTK storescp by default) writes its C-STORE
+    response in two segments and holds the second until the first is
+    acknowledged, while Linux delays that acknowledgement by about 40 ms. The
+    kernel clears the option after use, so it is set again before each read.
+    Measured on loopback against storescp 3.6.7: 48 ms per small object
+    without it, 3 ms with it.
+    """
+    receive = association_socket.recv
+
+    def receive_with_quick_ack(size):
+        try:
+            raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return receive(size)
+
+    association_socket.recv = receive_with_quick_ack
 
 
 def _log_association(server: Server, calling_aet: str, assoc) -> None:
