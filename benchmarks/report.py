@@ -46,12 +46,14 @@ def machine_description(checkout: Path = REPOSITORY) -> List[str]:
         match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M)
         if match:
             cpu = match.group(1).strip()
+
     memory = "unknown"
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         match = re.search(r"^MemTotal:\s*(\d+) kB", meminfo.read_text(), re.M)
         if match:
             memory = f"{int(match.group(1)) / 1024 / 1024:.1f} GiB"
+
     lines = [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores; memory {memory}",
         f"- OS: {platform.platform()}",
@@ -64,6 +66,7 @@ def machine_description(checkout: Path = REPOSITORY) -> List[str]:
         except metadata.PackageNotFoundError:
             versions.append(f"{package} not installed")
     lines.append("- Python packages: " + ", ".join(versions))
+
     dcmtk = _first_line(["/usr/bin/storescu", "--version"])
     lines.append(f"- DCMTK: {dcmtk.strip('$ ').replace('dcmtk: ', '')}")
     lines.append(f"- Orthanc: {_first_line(['/usr/sbin/Orthanc', '--version'])}")
