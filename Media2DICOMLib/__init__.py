@@ -6,4 +6,7 @@ The library has no dependency on 3D Slicer; the Slicer module and the
 
 __version__ = "0.1.0"
 
+from Media2DICOMLib import log_privacy  # noqa: E402
 from Media2DICOMLib.errors import Media2DICOMError  # noqa: E402,F401
+
+log_privacy.install()

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from Media2DICOMLib import __version__
@@ -120,6 +121,10 @@ def configure_logging(verbose: int) -> None:
             root.removeHandler(handler)
     root.addHandler(_CommandLineHandler(verbose))
     root.setLevel(level)
+    if verbose < 2:
+        # pydicom repeats its log messages as Python warnings, value included;
+        # the log record (with the value withheld) is enough.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
 class _CommandLineHandler(logging.StreamHandler):

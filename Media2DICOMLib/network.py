@@ -138,8 +138,12 @@ def ssl_context_for(server: Server) -> Optional[ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        if options.verify:
+        if options.verify and options.ca_file:
             context.load_verify_locations(cafile=os.path.expanduser(options.ca_file))
+        elif options.verify:
+            # Without a CA file the operating system's trusted certificates
+            # verify the server, as for any TLS client.
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
         else:
             LOGGER.warning(
                 "TLS certificate verification is off for %s", server.describe()

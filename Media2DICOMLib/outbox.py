@@ -90,7 +90,15 @@ class Outbox:
             )
         entries = []
         folder = self.folder / server_key(server, transport)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _check_writable(folder)
+        except OSError as exc:
+            raise OutboxError(
+                f"The outbox folder {folder} cannot be created or written ({exc}). "
+                "Choose a writable cache folder with 'media2dicom servers local "
+                "--cache-directory DIR'."
+            )
         for source in collect_files(paths):
             header = read_file_header(source)
             target = folder / f"{_safe_uid(header.sop_instance_uid)}.dcm"
@@ -298,6 +306,13 @@ def _safe_uid(uid: str) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in ``folder``."""
+    handle, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+    os.close(handle)
+    os.unlink(probe)
 
 
 def _atomic_copy(source: Path, target: Path) -> None:

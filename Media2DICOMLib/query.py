@@ -466,6 +466,8 @@ def _retrieve_by_move(requested, calling_aet, move_port, bind_address, timeouts)
     scp = _make_ae(calling_aet, timeouts)
     scp.add_supported_context(requested.instance.sop_class_uid, ALL_TRANSFER_SYNTAXES)
     scp.require_calling_aet = [server.called_aet]
+    # Only associations addressed to this application's own AE title.
+    scp.require_called_aet = True
     try:
         listener = scp.start_server(
             (bind_address, move_port),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -242,12 +243,25 @@ def load_settings(path: Optional[PathLike] = None) -> Settings:
         LOGGER.info("No settings file at %s: using defaults", path)
         return Settings()
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig also reads files that Windows editors saved with a byte
+        # order mark.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"Failed to read the settings file {path}: {exc}")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise SettingsError(
+            f"The settings file {path} nests lists or objects too deeply to be "
+            "settings. Fix or remove the file."
+        )
+    except ValueError as exc:
+        if not isinstance(exc, json.JSONDecodeError):
+            # Python rejects integers of more than 4300 digits this way.
+            raise SettingsError(
+                f"The settings file {path} has an invalid value ({exc}). Fix or "
+                "remove the file."
+            )
         raise SettingsError(
             f"The settings file {path} is not valid JSON at line {exc.lineno}, "
             f"column {exc.colno}: {exc.msg}. Fix or remove the file."
@@ -295,8 +309,8 @@ def save_settings(settings: Settings, path: Optional[PathLike] = None) -> Path:
             f"Not saved to {path}: field {_path_name(exc.field_path)}: {exc.message}"
         )
     text = json.dumps(settings_to_dict(settings), indent=2, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomically(path, text)
     except OSError as exc:
         raise SettingsError(f"Failed to write the settings file {path}: {exc}")
@@ -489,8 +503,11 @@ def _timeouts_from_dict(data, field_path: tuple) -> Timeouts:
             raise _FieldError(
                 field_path + (name,), f"expected seconds, found {value!r}."
             )
-        if value <= 0:
-            raise _FieldError(field_path + (name,), f"{value} s is not positive.")
+        if not math.isfinite(value) or value <= 0:
+            raise _FieldError(
+                field_path + (name,),
+                f"{value} s is not a positive, finite number of seconds.",
+            )
         setattr(timeouts, name, float(value))
     return timeouts
 

@@ -1,8 +1,7 @@
 """Hostile settings files and cache folders that cannot be written.
 
 A damaged settings file raises SettingsError naming the file, and the command
-line prints it without a traceback. Cases the product still gets wrong are
-marked xfail(strict=True), so they start failing once the product is fixed.
+line prints it without a traceback.
 
 Set MEDIA2DICOM_HYPOTHESIS_EXAMPLES for a longer property-based run.
 """
@@ -131,13 +130,9 @@ def test_cli_broken_settings_no_traceback(home, capsys, case):
     assert "Traceback" not in error
 
 
-# Values the product still handles wrongly
+# Values that once escaped as other exceptions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deeply nested JSON raises RecursionError instead of SettingsError",
-)
 def test_deeply_nested_json_reported(home):
     path = home / "settings.json"
     path.write_text('{"servers": ' + "[" * 100_000)
@@ -146,10 +141,6 @@ def test_deeply_nested_json_reported(home):
         load_settings(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an integer of more than 4300 digits raises ValueError from json",
-)
 def test_huge_integer_reported(home):
     path = home / "settings.json"
     path.write_text('{"port": ' + "9" * 5000 + "}")
@@ -158,10 +149,6 @@ def test_huge_integer_reported(home):
         load_settings(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NaN and Infinity time limits are accepted, so a send may never time out",
-)
 @pytest.mark.parametrize("value", ["NaN", "Infinity"])
 def test_nonfinite_timeout_rejected(home, value):
     path = home / "settings.json"
@@ -171,11 +158,6 @@ def test_nonfinite_timeout_rejected(home, value):
         load_settings(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a settings file saved with a UTF-8 byte order mark (as older Windows "
-    "Notepad does) is rejected as invalid JSON",
-)
 def test_byte_order_mark_accepted(home):
     path = home / "settings.json"
     path.write_bytes(b"\xef\xbb\xbf" + VALID_SETTINGS.encode())
@@ -185,11 +167,6 @@ def test_byte_order_mark_accepted(home):
     assert loaded.ae_title == "HOSTILE"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save_settings raises FileExistsError when the settings folder "
-    "cannot be created",
-)
 def test_save_under_file_reported(home):
     blocker = home / "blocker"
     blocker.write_text("a file, not a folder")
@@ -286,11 +263,6 @@ def blocked_cache(home) -> Path:
     return blocker / "cache"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Outbox.add raises NotADirectoryError instead of the library's error "
-    "when the cache folder cannot be created",
-)
 def test_outbox_blocked_cache_reported(blocked_cache):
     server = Server(name="pacs", host="127.0.0.1", port=104, called_aet="PACS")
     outbox = Outbox(blocked_cache)
@@ -299,11 +271,6 @@ def test_outbox_blocked_cache_reported(blocked_cache):
         outbox.add([get_testdata_file("CT_small.dcm")], server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'media2dicom send' prints a NotADirectoryError traceback when the cache "
-    "folder cannot be created",
-)
 def test_cli_send_blocked_cache_reported(home, blocked_cache, capsys):
     path = home / "settings.json"
     save_settings(Settings(cache_directory=str(blocked_cache)), path)
@@ -325,11 +292,6 @@ def test_outbox_list_blocked_cache_empty(blocked_cache):
 @pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0,
     reason="root writes into read-only folders, so the case cannot be made",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="Outbox.add raises PermissionError instead of the library's error "
-    "when the cache folder is read-only",
 )
 def test_outbox_read_only_cache_reported(home):
     cache = home / "cache"
