@@ -242,6 +242,34 @@ def _associate(ae, server, calling_aet, timeouts, ext_neg=None, evt_handlers=Non
 MAX_QUEUED_PDUS = 32
 
 
+# Longer than the 1 ms that pynetdicom's association reactor sleeps per loop.
+_REACTOR_SETTLE_SECONDS = 0.002
+
+
+def _pause_reactor(assoc) -> None:
+    """Make sure the association's reactor thread is blocked before a request.
+
+    pynetdicom 3.0.4 pauses the reactor in send_c_store() by clearing
+    ``_reactor_checkpoint`` and waiting for ``_is_paused``, but the flag can
+    still be True from the previous pause while the reactor has woken up. With
+    TCP_NODELAY the response can then arrive before the reactor pauses, and
+    the reactor takes it as a request, so send_c_store() waits until the DIMSE
+    timeout. Seeing the flag set twice, a reactor loop apart, rules that out.
+    """
+    checkpoint = getattr(assoc, "_reactor_checkpoint", None)
+    if checkpoint is None or not hasattr(assoc, "_is_paused"):
+        return
+    checkpoint.clear()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and assoc.is_established:
+        if assoc._is_paused:
+            time.sleep(_REACTOR_SETTLE_SECONDS)
+            if assoc._is_paused:
+                return
+        else:
+            time.sleep(0.0001)
+
+
 def _tune_transport(assoc) -> None:
     """Set TCP_NODELAY and bound the send queue of an established association.
 
@@ -704,9 +732,24 @@ def _store_one(assoc, server: Server, header: FileHeader, allow_fallback: bool):
         if payload is not None:
             status = _send_from_file(assoc, header.path)
         elif syntax == header.transfer_syntax_uid:
+            _pause_reactor(assoc)
             status = assoc.send_c_store(_dataset_with_meta(header))
         else:
             status = _send_uncompressed(assoc, header.path)
+    except RuntimeError as exc:
+        # pynetdicom raises RuntimeError when the association ended (for
+        # example aborted by the peer) between objects.
+        LOGGER.error(
+            "C-STORE of %s to %s not sent: %s",
+            header.sop_instance_uid,
+            server.describe(),
+            exc,
+        )
+        return _not_sent(
+            header,
+            f"The association with {server.describe()} ended before this object "
+            "was sent.",
+        )
     except (ValueError, AttributeError, OSError, Media2DICOMError) as exc:
         LOGGER.error(
             "C-STORE of %s to %s failed before sending: %s",
@@ -749,6 +792,7 @@ def _send_from_file(assoc, path: Path) -> Dataset:
         previous = _config.STORE_SEND_CHUNKED_DATASET
         _config.STORE_SEND_CHUNKED_DATASET = True
         try:
+            _pause_reactor(assoc)
             return assoc.send_c_store(path)
         finally:
             _config.STORE_SEND_CHUNKED_DATASET = previous
