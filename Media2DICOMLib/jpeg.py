@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import io
 import logging
+import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -236,14 +238,27 @@ def _lossy_imagecodecs():
     return imagecodecs
 
 
+# One scratch file per encoder thread, reused for every frame it encodes.
+_PILLOW_SCRATCH = threading.local()
+
+
 def _encode_pillow(pixels: np.ndarray, quality: int, chroma: str) -> bytes:
-    buffer = io.BytesIO()
     image = Image.fromarray(pixels)
     options = {"quality": int(quality)}
     if image.mode == "RGB":
         options["subsampling"] = CHROMA_SUBSAMPLINGS[chroma]
-    image.save(buffer, "JPEG", **options)
-    return buffer.getvalue()
+    # Pillow (checked with 13.0) releases the GIL while it encodes only when
+    # the target has a file descriptor, because only then does it call
+    # encode_to_file. Into BytesIO, threads encode one frame at a time.
+    scratch = getattr(_PILLOW_SCRATCH, "file", None)
+    if scratch is None:
+        scratch = _PILLOW_SCRATCH.file = tempfile.TemporaryFile(prefix="m2d-jpeg-")
+    scratch.seek(0)
+    scratch.truncate()
+    image.save(scratch, "JPEG", **options)
+    length = scratch.tell()
+    scratch.seek(0)
+    return scratch.read(length)
 
 
 def _encode_lossless(pixels: np.ndarray, predictor: int) -> bytes:

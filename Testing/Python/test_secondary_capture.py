@@ -875,3 +875,26 @@ def test_cli_cine_needs_frame_rate(tmp_path, ct_small, capsys):
 
     assert code == cli.EXIT_USAGE
     assert "--frame-rate" in capsys.readouterr().err
+
+
+def test_pillow_fallback_cine(tmp_path, ct_small, monkeypatch):
+    """Without imagecodecs, baseline frames come from Pillow and stay valid."""
+    from Media2DICOMLib import jpeg
+
+    monkeypatch.setattr(jpeg, "_lossy_imagecodecs", lambda: None)
+    # Opaque RGB frames, so the decoded pixels compare with the input directly.
+    frames = [synthetic_screenshot(seed=seed)[8:, 8:, :3] for seed in range(4)]
+    source = read_source_series(ct_small)
+
+    written = write_secondary_capture(
+        source, frames, tmp_path / "cine.dcm", SeriesInfo(), frame_time_ms=100.0
+    )
+
+    assert_dciodvfy_clean(written.path)
+    dataset = pydicom.dcmread(written.path)
+    assert int(dataset.NumberOfFrames) == 4
+    for item in encapsulated_items(dataset)[1:]:
+        assert frame_process_marker(item) == 0xC0
+    decoded = rgb_pixels(dataset)
+    for index, frame in enumerate(frames):
+        assert psnr(decoded[index], frame) > 30
