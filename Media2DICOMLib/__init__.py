@@ -10,3 +10,5 @@ from Media2DICOMLib import log_privacy  # noqa: E402
 from Media2DICOMLib.errors import Media2DICOMError  # noqa: E402,F401
 
 log_privacy.install()
+
+__all__ = ["Media2DICOMError", "__version__"]

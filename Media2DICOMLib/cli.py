@@ -1,9 +1,9 @@
 """The ``media2dicom`` command line.
 
 Each subcommand lives in a module of :mod:`Media2DICOMLib.commands` that
-provides ``register(subparsers)``; the module adds its parser and sets
-``handler`` to a function that takes the parsed arguments and returns an exit
-code.
+provides ``register(subparsers)``. That function adds the subcommand's parser
+and sets ``handler`` to a function that takes the parsed arguments and returns
+an exit code.
 
 Exit codes: 0 success, 1 a library error (bad input, a server that rejected
 or failed), 2 wrong usage, 3 a send that left objects in the outbox,

@@ -1,7 +1,7 @@
 """Exception family of the library.
 
-Every message names the file, server or attribute involved and says what the
-user can do about it, so front ends print it as it is, without a traceback.
+Every message names the file, server or attribute involved and states what
+the user can do about it, so front ends print it as it is, without a traceback.
 """
 
 

@@ -96,7 +96,7 @@ def base_dataset(
 def finish_character_set(dataset: Dataset, source: SourceSeries) -> None:
     """Set Specific Character Set so every text value can be encoded.
 
-    The source's character set is kept when pydicom knows it and it can encode
+    The source's character set is kept when pydicom supports it and it can encode
     every text value of the new object (segment names, titles and descriptions
     come from the user). Otherwise UTF-8 (``ISO_IR 192``) is used.
     """

@@ -158,7 +158,7 @@ def start_orthanc(
     except Exception:
         server.stop()
         raise RuntimeError(
-            "Orthanc did not start; its log says:\n" + _tail(log_path)
+            "Orthanc did not start. The end of its log:\n" + _tail(log_path)
         )
     return server
 
@@ -173,7 +173,7 @@ def _wait_for_http(server: Orthanc, timeout: float = 30.0) -> None:
             return
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.2)
-    raise TimeoutError("Orthanc HTTP did not answer")
+    raise TimeoutError(f"Orthanc's HTTP API did not respond within {timeout} s")
 
 
 def _tail(path: Path, lines: int = 30) -> str:

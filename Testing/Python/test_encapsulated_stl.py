@@ -21,7 +21,6 @@ from Media2DICOMLib.encapsulated_stl import (
     encapsulate_models,
 )
 from Media2DICOMLib.errors import STLError
-from Media2DICOMLib.new_series import SeriesInfo, save_dataset
 from Media2DICOMLib.source_study import read_source_series
 from Media2DICOMLib.stl import read_stl_triangles
 
